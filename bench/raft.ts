@@ -1,0 +1,89 @@
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { AgentCluster, eventually } from "../test/integration/agents.js";
+import { median } from "./stats.js";
+
+/**
+ * Three real agents (LevelDB with fsync, gRPC between peers, default timings) on 127.0.0.1.
+ * Each proposal is an HTTP registration of about 100 bytes sent to the leader by wrk, the
+ * tool etcd's baseline uses; it counts when the leader answers 200, that is once the entry
+ * is committed on a quorum and applied.
+ */
+
+const ids = ["n1", "n2", "n3"];
+const durationSeconds = 5;
+const putScript = fileURLToPath(new URL("./raft-put.lua", import.meta.url));
+
+function load(url: string, connections: number): { perSecond: number; p50: string; p99: string } {
+  const threads = Math.min(2, connections);
+  const run = spawnSync(
+    "wrk",
+    [
+      `-t${threads}`,
+      `-c${connections}`,
+      `-d${durationSeconds}s`,
+      "--latency",
+      "-s",
+      putScript,
+      url,
+    ],
+    { encoding: "utf8" },
+  );
+  if (run.error !== undefined) throw new Error("this benchmark needs wrk: apt-get install -y wrk");
+  const failed = /Non-2xx or 3xx responses: (\d+)/.exec(run.stdout)?.[1];
+  if (failed !== undefined) throw new Error(`${failed} registrations failed:\n${run.stdout}`);
+  return {
+    perSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(run.stdout)?.[1]),
+    p50: /\s50%\s+(\S+)/.exec(run.stdout)?.[1] ?? "?",
+    p99: /\s99%\s+(\S+)/.exec(run.stdout)?.[1] ?? "?",
+  };
+}
+
+/** Leader kill -9 to the next registration a survivor acknowledges. */
+async function failoverGapMs(cluster: AgentCluster): Promise<number> {
+  const leader = await cluster.leader();
+  const survivor = ids.find((id) => id !== leader) ?? "n1";
+  await cluster.kill(leader, "SIGKILL");
+  const killed = performance.now();
+  await eventually(
+    "a write after failover",
+    async () => {
+      const answer = await cluster.request(survivor, "PUT", "/v1/services/failover/instances/f", {
+        address: "10.0.0.1",
+        port: 1,
+      });
+      return answer.status === 200 ? true : undefined;
+    },
+    30_000,
+  );
+  const gap = performance.now() - killed;
+  cluster.start(leader, [cluster.peersArg(ids)]);
+  await cluster.converged(30_000);
+  return gap;
+}
+
+export async function runRaftBench(): Promise<void> {
+  const cluster = await AgentCluster.create({ defaultTimings: true });
+  try {
+    await cluster.bootstrap(ids);
+    const leader = await cluster.leader();
+    console.log(
+      `Three agents, fsync on, wrk PUT registrations of ~100 bytes to the leader, ${durationSeconds} s per level`,
+    );
+    for (const proposers of [1, 16, 256]) {
+      const result = load(`http://${cluster.get(leader).http}`, proposers);
+      const rate = Math.round(result.perSecond).toLocaleString("en-US");
+      console.log(
+        `  ${String(proposers).padStart(3)} proposers: ${rate} commits/s, p50 ${result.p50}, p99 ${result.p99}`,
+      );
+    }
+    const gaps: number[] = [];
+    for (let trial = 0; trial < 5; trial++) gaps.push(await failoverGapMs(cluster));
+    const trials = gaps.map((gap) => Math.round(gap)).join(", ");
+    console.log(
+      `Failover gap (leader kill -9 to next acknowledged write), 5 trials: median ${Math.round(median(gaps))} ms [${trials}]`,
+    );
+  } finally {
+    await cluster.destroy();
+  }
+}

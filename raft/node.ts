@@ -1,0 +1,289 @@
+import { randomInt } from "node:crypto";
+import { Raft } from "./core/raft.js";
+import type {
+  ConfChange,
+  Entry,
+  Message,
+  NodeId,
+  PeerReplication,
+  ProposeResult,
+  RaftOptions,
+  RaftStatus,
+  Ready,
+} from "./core/types.js";
+import type { RaftStorage } from "./storage/storage.js";
+import type { RaftTransport } from "./transport/transport.js";
+
+/**
+ * The replicated application. apply() must be deterministic and produce the same result
+ * on every node; restore() must discard all previous state.
+ */
+export interface StateMachine<Result> {
+  apply(entry: Entry & { type: "normal" }): Result;
+  snapshot(): Uint8Array;
+  restore(data: Uint8Array): void;
+}
+
+/** A consensus error, kept apart from the state machine's own answers. */
+export class RaftError extends Error {
+  constructor(
+    readonly code: Extract<ProposeResult, { ok: false }>["reason"] | "timeout" | "stopped",
+    message: string,
+    /** The leader this node knows, for the caller to retry there. */
+    readonly leader: NodeId | null = null,
+  ) {
+    super(message);
+    this.name = "RaftError";
+  }
+}
+
+export interface RaftNodeOptions<Result> {
+  readonly raft: Omit<RaftOptions, "randomInt">;
+  readonly tickIntervalMs: number;
+  /** Take a snapshot and compact the log after this many applied entries. */
+  readonly snapshotEveryEntries: number;
+  readonly storage: RaftStorage;
+  readonly transport: RaftTransport;
+  readonly stateMachine: StateMachine<Result>;
+  /** Called once if the node must stop: storage failure or a broken Raft invariant. */
+  readonly onFatal: (error: Error) => void;
+}
+
+interface PendingProposal<Result> {
+  readonly term: number;
+  readonly resolve: (value: { index: number; result: Result | undefined }) => void;
+  readonly reject: (error: Error) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+interface PendingRead {
+  readonly resolve: (index: number) => void;
+  readonly reject: (error: Error) => void;
+  readonly timer: NodeJS.Timeout;
+  index: number | null;
+}
+
+/**
+ * Drives a Raft core with real time and I/O. Each ready batch is handled in the order
+ * Raft requires: send what may go early, persist (one synced write for the whole batch,
+ * so concurrent proposals share an fsync), send the rest, apply, advance.
+ */
+export class RaftNode<Result> {
+  private readonly core: Raft;
+  private readonly options: RaftNodeOptions<Result>;
+  private readonly ticker: NodeJS.Timeout;
+  private readonly proposals = new Map<number, PendingProposal<Result>>();
+  private readonly reads = new Map<number, PendingRead>();
+  private nextReadId = 1;
+  private applied = 0;
+  private snapshotIndex = 0;
+  private loop: Promise<void> | null = null;
+  private stopped = false;
+
+  private constructor(options: RaftNodeOptions<Result>, core: Raft, snapshotIndex: number) {
+    this.options = options;
+    this.core = core;
+    this.applied = snapshotIndex;
+    this.snapshotIndex = snapshotIndex;
+    options.transport.onMessage((message) => this.receive(message));
+    this.ticker = setInterval(() => this.tick(), options.tickIntervalMs);
+    this.ticker.unref();
+  }
+
+  static async start<Result>(options: RaftNodeOptions<Result>): Promise<RaftNode<Result>> {
+    const persisted = await options.storage.load();
+    const core = new Raft({ ...options.raft, randomInt: (bound) => randomInt(bound) }, persisted);
+    if (persisted.snapshot !== null) options.stateMachine.restore(persisted.snapshot.data);
+    const node = new RaftNode(options, core, persisted.snapshot?.index ?? 0);
+    node.kick();
+    return node;
+  }
+
+  get id(): NodeId {
+    return this.core.id;
+  }
+
+  status(): RaftStatus {
+    return this.core.status();
+  }
+
+  replicationStatus(): PeerReplication[] {
+    return this.core.replicationStatus();
+  }
+
+  /** Resolves once the command is committed and applied here, with the state machine's result. */
+  propose(
+    data: Uint8Array,
+    timeoutMs: number,
+  ): Promise<{ index: number; result: Result | undefined }> {
+    return this.track(this.core.propose(data), timeoutMs);
+  }
+
+  changeMembership(change: ConfChange, timeoutMs: number): Promise<{ index: number }> {
+    return this.track(this.core.proposeConfChange(change), timeoutMs);
+  }
+
+  private track(
+    outcome: ProposeResult,
+    timeoutMs: number,
+  ): Promise<{ index: number; result: Result | undefined }> {
+    if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
+    if (!outcome.ok) {
+      return Promise.reject(
+        new RaftError(outcome.reason, `proposal refused: ${outcome.reason}`, outcome.leader),
+      );
+    }
+    this.kick();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.proposals.delete(outcome.index);
+        reject(
+          new RaftError("timeout", `entry ${outcome.index} not applied within ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+      this.proposals.set(outcome.index, { term: outcome.term, resolve, reject, timer });
+    });
+  }
+
+  /** A linearizable read barrier: resolves with an index once this node has applied it. */
+  readIndex(timeoutMs: number): Promise<number> {
+    if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
+    const requestId = this.nextReadId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.reads.delete(requestId);
+        reject(new RaftError("timeout", `read not confirmed within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.reads.set(requestId, { resolve, reject, timer, index: null });
+      this.core.readIndex(requestId);
+      this.kick();
+    });
+  }
+
+  transferLeadership(target: NodeId): boolean {
+    const started = this.core.transferLeadership(target);
+    this.kick();
+    return started;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.ticker);
+    const stopping = new RaftError("stopped", "the node stopped");
+    for (const proposal of this.proposals.values())
+      this.settle(proposal, () => proposal.reject(stopping));
+    for (const read of this.reads.values()) this.settle(read, () => read.reject(stopping));
+    this.proposals.clear();
+    this.reads.clear();
+    // Let a batch being written finish, so that what was acknowledged is on disk.
+    await this.loop;
+    await this.options.transport.close();
+    await this.options.storage.close();
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    this.core.tick();
+    this.kick();
+  }
+
+  private receive(message: Message): void {
+    if (this.stopped || message.to !== this.core.id) return;
+    this.core.step(message);
+    this.kick();
+  }
+
+  /** Run the ready loop unless it is already running: one batch at a time, in order. */
+  private kick(): void {
+    if (this.loop !== null || this.stopped) return;
+    this.loop = this.runLoop().then(
+      () => {
+        this.loop = null;
+        if (this.core.hasReady()) this.kick();
+      },
+      (error: unknown) => {
+        this.loop = null;
+        this.fail(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  }
+
+  private async runLoop(): Promise<void> {
+    while (!this.stopped && this.core.hasReady()) {
+      const ready = this.core.ready();
+      for (const message of ready.messages) this.options.transport.send(message);
+      if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
+        await this.options.storage.persist(ready);
+      }
+      if (this.stopped) return;
+      for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
+      this.apply(ready);
+      this.core.advance(ready);
+      await this.maybeSnapshot();
+    }
+  }
+
+  private apply(ready: Ready): void {
+    if (ready.snapshot !== null) {
+      this.options.stateMachine.restore(ready.snapshot.data);
+      this.applied = ready.snapshot.index;
+      this.snapshotIndex = ready.snapshot.index;
+    }
+    for (const entry of ready.committedEntries) {
+      const result = entry.type === "normal" ? this.options.stateMachine.apply(entry) : undefined;
+      this.applied = entry.index;
+      const proposal = this.proposals.get(entry.index);
+      if (proposal === undefined) continue;
+      this.proposals.delete(entry.index);
+      if (proposal.term === entry.term) {
+        this.settle(proposal, () => proposal.resolve({ index: entry.index, result }));
+      } else {
+        this.settle(proposal, () =>
+          proposal.reject(
+            new RaftError("not-leader", "leadership changed before the entry committed"),
+          ),
+        );
+      }
+    }
+    for (const state of ready.readStates) {
+      const read = this.reads.get(state.requestId);
+      if (read === undefined) continue;
+      if (state.index === null) {
+        this.reads.delete(state.requestId);
+        const leader = this.core.status().leader;
+        this.settle(read, () =>
+          read.reject(new RaftError("not-leader", "no leader confirmed the read", leader)),
+        );
+      } else {
+        read.index = state.index;
+      }
+    }
+    for (const [requestId, read] of this.reads) {
+      if (read.index !== null && read.index <= this.applied) {
+        this.reads.delete(requestId);
+        const index = read.index;
+        this.settle(read, () => read.resolve(index));
+      }
+    }
+  }
+
+  private settle(pending: { timer: NodeJS.Timeout }, action: () => void): void {
+    clearTimeout(pending.timer);
+    action();
+  }
+
+  private async maybeSnapshot(): Promise<void> {
+    if (this.applied - this.snapshotIndex < this.options.snapshotEveryEntries) return;
+    const snapshot = this.core.compact(this.applied, this.options.stateMachine.snapshot());
+    if (snapshot === null) return;
+    this.snapshotIndex = snapshot.index;
+    await this.options.storage.compact(snapshot);
+  }
+
+  private fail(error: Error): void {
+    if (this.stopped) return;
+    void this.stop();
+    this.options.onFatal(error);
+  }
+}

@@ -1,0 +1,233 @@
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { crc32 } from "node:zlib";
+import { Level } from "level";
+import {
+  decodeEntry,
+  decodeLogMeta,
+  decodeSnapshot,
+  encodeEntry,
+  encodeLogMeta,
+  encodeSnapshot,
+} from "../codec/codec.js";
+import { assert } from "../core/assert.js";
+import type { Entry, HardState, PersistedState, Snapshot } from "../core/types.js";
+import type { PersistBatch, RaftStorage } from "./storage.js";
+
+/** The stored log is damaged before its last synced write: the node must not start on it. */
+export class StorageCorruptionError extends Error {
+  override readonly name = "StorageCorruptionError";
+}
+
+type Operation = { type: "put"; key: string; value: Uint8Array } | { type: "del"; key: string };
+
+const metaKey = "meta";
+const snapshotKey = "snapshot";
+const entryPrefix = "entry:";
+
+function entryKey(index: number): string {
+  return `${entryPrefix}${index.toString(16).padStart(16, "0")}`;
+}
+
+/** A record as stored: a CRC-32 of the payload, then the payload. */
+function seal(payload: Uint8Array): Uint8Array {
+  const record = new Uint8Array(4 + payload.length);
+  new DataView(record.buffer).setUint32(0, crc32(payload));
+  record.set(payload, 4);
+  return record;
+}
+
+/** The payload of a sealed record, or null when its checksum does not match. */
+function unseal(record: Uint8Array): Uint8Array | null {
+  if (record.length < 4) return null;
+  const payload = record.subarray(4);
+  const stored = new DataView(record.buffer, record.byteOffset, 4).getUint32(0);
+  return stored === crc32(payload) ? payload : null;
+}
+
+/**
+ * The Raft log, hard state and snapshot metadata in LevelDB, every record checksummed;
+ * snapshot data in files written atomically. One writer: the runtime persists one batch at a time.
+ *
+ * Every write also records where the log ends (LogMeta). On load, entries past that end
+ * are a tail whose write never completed and are dropped; a damaged record before it is
+ * corruption, and load() refuses to go on.
+ */
+export class LevelStorage implements RaftStorage {
+  private hardState: HardState = { term: 0, vote: null, commit: 0 };
+  private snapshotIndex = 0;
+  private lastIndex = 0;
+  private lastTerm = 0;
+
+  private constructor(
+    private readonly db: Level<string, Uint8Array>,
+    private readonly snapshotDir: string,
+  ) {}
+
+  /** Open (or create, with `initial`) the storage under `dataDir`. */
+  static async open(dataDir: string, initial: PersistedState): Promise<LevelStorage> {
+    const snapshotDir = join(dataDir, "snapshots");
+    await mkdir(snapshotDir, { recursive: true });
+    const db = new Level<string, Uint8Array>(join(dataDir, "raft-log"), { valueEncoding: "view" });
+    await db.open();
+    const storage = new LevelStorage(db, snapshotDir);
+    if ((await db.get(metaKey)) === undefined) await storage.initialize(initial);
+    return storage;
+  }
+
+  private async initialize(initial: PersistedState): Promise<void> {
+    assert(initial.snapshot === null, "a new log starts without a snapshot");
+    await this.persist({
+      hardState: initial.hardState,
+      snapshot: null,
+      entries: initial.entries,
+      mustSync: true,
+    });
+  }
+
+  async load(): Promise<PersistedState> {
+    const metaRecord = await this.db.get(metaKey);
+    const metaPayload = metaRecord === undefined ? null : unseal(metaRecord);
+    if (metaPayload === null)
+      throw new StorageCorruptionError("the log's metadata record is missing or damaged");
+    const meta = decodeLogMeta(metaPayload);
+    const snapshot = await this.loadSnapshot();
+    const base = snapshot?.index ?? 0;
+    const entries: Entry[] = [];
+    const tail: string[] = [];
+    for await (const [key, record] of this.db.iterator({
+      gt: entryPrefix,
+      lt: `${entryPrefix}~`,
+    })) {
+      const index = Number.parseInt(key.slice(entryPrefix.length), 16);
+      if (index <= base) continue;
+      if (index > meta.lastIndex) {
+        tail.push(key);
+        continue;
+      }
+      const payload = unseal(record);
+      if (payload === null) {
+        throw new StorageCorruptionError(
+          `log record ${index} failed its checksum; it lies before the last synced write (index ${meta.lastIndex}), so the log is corrupt. Restore this node's data directory or wipe it and let the node rejoin.`,
+        );
+      }
+      const entry = decodeEntry(payload);
+      if (entry.index !== index || index !== base + entries.length + 1) {
+        throw new StorageCorruptionError(
+          `log record ${index} is out of place (holds entry ${entry.index})`,
+        );
+      }
+      entries.push(entry);
+    }
+    const last = entries[entries.length - 1];
+    if ((last?.index ?? base) !== Math.max(meta.lastIndex, base)) {
+      throw new StorageCorruptionError(
+        `log entries end at ${last?.index ?? base}, but the last synced write ended at ${meta.lastIndex}`,
+      );
+    }
+    if (tail.length > 0)
+      await this.db.batch(
+        tail.map((key) => ({ type: "del" as const, key })),
+        { sync: true },
+      );
+    this.hardState = meta.hardState;
+    this.snapshotIndex = base;
+    this.lastIndex = last?.index ?? base;
+    this.lastTerm = last?.term ?? snapshot?.term ?? 0;
+    return { hardState: meta.hardState, snapshot, entries };
+  }
+
+  private async loadSnapshot(): Promise<Snapshot | null> {
+    const record = await this.db.get(snapshotKey);
+    if (record === undefined) return null;
+    const name = unseal(record);
+    if (name === null) throw new StorageCorruptionError("the snapshot record failed its checksum");
+    const file = new TextDecoder().decode(name);
+    const payload = unseal(await readFile(join(this.snapshotDir, file)));
+    if (payload === null)
+      throw new StorageCorruptionError(`snapshot file ${file} failed its checksum`);
+    return decodeSnapshot(payload);
+  }
+
+  async persist(batch: PersistBatch): Promise<void> {
+    const operations: Operation[] = [];
+    let firstKept = this.snapshotIndex + 1;
+    if (batch.snapshot !== null) {
+      await this.writeSnapshotFile(batch.snapshot, operations);
+      for (let index = firstKept; index <= this.lastIndex; index++)
+        operations.push({ type: "del", key: entryKey(index) });
+      this.snapshotIndex = batch.snapshot.index;
+      this.lastIndex = batch.snapshot.index;
+      this.lastTerm = batch.snapshot.term;
+      firstKept = this.snapshotIndex + 1;
+    }
+    const first = batch.entries[0];
+    const last = batch.entries[batch.entries.length - 1];
+    if (first !== undefined && last !== undefined) {
+      assert(
+        first.index >= firstKept && first.index <= this.lastIndex + 1,
+        `persisting entry ${first.index} would leave a gap`,
+      );
+      for (let index = last.index + 1; index <= this.lastIndex; index++)
+        operations.push({ type: "del", key: entryKey(index) });
+      for (const entry of batch.entries)
+        operations.push({
+          type: "put",
+          key: entryKey(entry.index),
+          value: seal(encodeEntry(entry)),
+        });
+      this.lastIndex = last.index;
+      this.lastTerm = last.term;
+    }
+    this.hardState = batch.hardState ?? this.hardState;
+    const meta = { hardState: this.hardState, lastIndex: this.lastIndex, lastTerm: this.lastTerm };
+    operations.push({ type: "put", key: metaKey, value: seal(encodeLogMeta(meta)) });
+    await this.db.batch(operations, { sync: batch.mustSync });
+    if (batch.snapshot !== null) await this.removeSnapshotsBefore(batch.snapshot.index);
+  }
+
+  async compact(snapshot: Snapshot): Promise<void> {
+    if (snapshot.index <= this.snapshotIndex) return;
+    assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
+    const operations: Operation[] = [];
+    await this.writeSnapshotFile(snapshot, operations);
+    for (let index = this.snapshotIndex + 1; index <= snapshot.index; index++)
+      operations.push({ type: "del", key: entryKey(index) });
+    await this.db.batch(operations, { sync: true });
+    this.snapshotIndex = snapshot.index;
+    await this.removeSnapshotsBefore(snapshot.index);
+  }
+
+  /** Write the data file (temp, fsync, rename) and queue the record that points at it. */
+  private async writeSnapshotFile(snapshot: Snapshot, operations: Operation[]): Promise<void> {
+    const name = `snapshot-${snapshot.index.toString(16).padStart(16, "0")}-${snapshot.term}.snap`;
+    const path = join(this.snapshotDir, name);
+    const file = await open(`${path}.tmp`, "w");
+    try {
+      await file.writeFile(seal(encodeSnapshot(snapshot)));
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(`${path}.tmp`, path);
+    const dir = await open(this.snapshotDir, "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+    operations.push({ type: "put", key: snapshotKey, value: seal(new TextEncoder().encode(name)) });
+  }
+
+  private async removeSnapshotsBefore(index: number): Promise<void> {
+    const current = `snapshot-${index.toString(16).padStart(16, "0")}`;
+    for (const file of await readdir(this.snapshotDir)) {
+      if (file < current || file.endsWith(".tmp"))
+        await rm(join(this.snapshotDir, file), { force: true });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}

@@ -1,0 +1,434 @@
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import { bootstrapState, joiningState } from "../raft/core/raft.js";
+import { RaftError, RaftNode } from "../raft/node.js";
+import { LevelStorage } from "../raft/storage/level-storage.js";
+import { GrpcTransport } from "../raft/transport/grpc-transport.js";
+import type { AgentConfig } from "./config.js";
+import { MusterError } from "./errors.js";
+import {
+  encodeCommand,
+  type MemberAddresses,
+  type RegistryCommand,
+  type RegistryResult,
+  RegistryStateMachine,
+} from "./fsm/registry.js";
+import { buildHttpApp, fromRaftError } from "./http/app.js";
+
+const proposeTimeoutMs = 5000;
+/** How long a write may wait for a leader before it fails with 503. */
+const leaderWaitMs = 5000;
+const forwardedHeader = "x-muster-forwarded";
+/** A learner this close to the leader's commit index is promoted to voter. */
+const promotionLagEntries = 100;
+
+/**
+ * One `muster agent`: Raft over LevelDB and gRPC, the registry state machine, and the HTTP
+ * API. Any node takes any request; writes that reach a follower are forwarded to the leader.
+ */
+export class Agent {
+  readonly fsm = new RegistryStateMachine();
+  private node!: RaftNode<RegistryResult>;
+  private transport!: GrpcTransport;
+  private http!: FastifyInstance;
+  private housekeeping: NodeJS.Timeout | null = null;
+  private stopping = false;
+
+  private constructor(
+    readonly config: AgentConfig,
+    private readonly logger: Logger,
+    private clusterId: string,
+  ) {}
+
+  static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
+    await mkdir(config.dataDir, { recursive: true });
+    const clusterIdFile = join(config.dataDir, "cluster-id");
+    const stored = await readFile(clusterIdFile, "utf8").catch(() => null);
+    let clusterId = stored ?? config.clusterId;
+    let joinPeers = new Map<string, string>();
+    if (stored !== null && config.clusterId !== "" && stored !== config.clusterId) {
+      throw new Error(`${config.dataDir} belongs to cluster ${stored}, not ${config.clusterId}`);
+    }
+    // A node that already holds a log is a member: it restarts, it does not join again.
+    if (stored === null && config.join !== null) {
+      const joined = await Agent.askToJoin(config);
+      clusterId = joined.clusterId;
+      joinPeers = joined.peers;
+    }
+    if (stored === null) await writeFile(clusterIdFile, clusterId);
+    const agent = new Agent(config, logger, clusterId);
+    await agent.open(joinPeers);
+    return agent;
+  }
+
+  /** Ask a running member to add this node as a learner; returns the cluster id and its members. */
+  private static async askToJoin(
+    config: AgentConfig,
+  ): Promise<{ clusterId: string; peers: Map<string, string> }> {
+    const response = await fetch(`http://${config.join}/v1/cluster/members`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(ownAddresses(config)),
+      signal: AbortSignal.timeout(10_000),
+    });
+    const body = (await response.json()) as {
+      clusterId?: string;
+      members?: { id: string; raft: string }[];
+      error?: { message: string };
+    };
+    if (!response.ok || typeof body.clusterId !== "string") {
+      throw new Error(
+        `joining through ${config.join} failed: ${body.error?.message ?? response.status}`,
+      );
+    }
+    return {
+      clusterId: body.clusterId,
+      peers: new Map((body.members ?? []).map((member) => [member.id, member.raft])),
+    };
+  }
+
+  /** `joinPeers`: the members a joining node must be able to answer before it has any log. */
+  private async open(joinPeers: ReadonlyMap<string, string>): Promise<void> {
+    const config = this.config;
+    const initial = config.peers.size > 0 ? bootstrapState([...config.peers.keys()]) : joiningState;
+    const storage = await LevelStorage.open(config.dataDir, initial);
+    this.transport = await GrpcTransport.start({
+      id: config.nodeId,
+      clusterId: this.clusterId,
+      listen: config.raft,
+      peers: new Map([...config.peers, ...joinPeers].filter(([id]) => id !== config.nodeId)),
+      maxQueuedFrames: 8192,
+      snapshotChunkBytes: 1024 * 1024,
+      maxSnapshotBytes: 1024 * 1024 * 1024,
+    });
+    const electionTicks = Math.max(
+      2,
+      Math.round(config.electionTimeoutMs / config.heartbeatIntervalMs),
+    );
+    this.node = await RaftNode.start({
+      raft: {
+        id: config.nodeId,
+        electionTicks,
+        heartbeatTicks: 1,
+        maxEntriesPerAppend: 1024,
+        maxInflightAppends: 64,
+        maxUncommittedEntries: 65_536,
+        preVote: true,
+        checkQuorum: true,
+      },
+      tickIntervalMs: config.heartbeatIntervalMs,
+      snapshotEveryEntries: config.snapshotEveryEntries,
+      storage,
+      transport: this.transport,
+      stateMachine: this.fsm,
+      onFatal: (error) => {
+        this.logger.fatal({ err: error }, "stopping: %s", error.message);
+        process.exit(70);
+      },
+    });
+    this.fsm.onChange((service) => {
+      if (service === null) this.syncPeers();
+    });
+    this.syncPeers();
+    this.http = buildHttpApp(this);
+    const [host, port] = splitAddress(config.http);
+    await this.http.listen({ host, port });
+    this.housekeeping = setInterval(() => void this.keepHouse(), 200);
+    this.housekeeping.unref();
+    this.logger.info(
+      {
+        http: config.http,
+        raft: config.raft,
+        grpc: config.grpc,
+        dns: config.dns,
+        dataDir: config.dataDir,
+        clusterId: this.clusterId,
+      },
+      "agent started",
+    );
+  }
+
+  /** Raft peers follow the replicated member list (plus the bootstrap list). */
+  private syncPeers(): void {
+    for (const member of this.fsm.members()) {
+      if (member.id !== this.config.nodeId) this.transport.setPeer(member.id, member.raft);
+    }
+  }
+
+  /** Record this node's addresses in the registry; as leader, promote learners that caught up. */
+  private async keepHouse(): Promise<void> {
+    if (this.stopping) return;
+    const status = this.node.status();
+    const own = ownAddresses(this.config);
+    const recorded = this.fsm.member(this.config.nodeId);
+    try {
+      if (status.role === "leader") {
+        if (recorded === undefined || JSON.stringify(recorded) !== JSON.stringify(own)) {
+          await this.propose({ op: "member", member: own });
+        }
+        await this.promoteCaughtUpLearner();
+      } else if (
+        status.leader !== null &&
+        (recorded === undefined || JSON.stringify(recorded) !== JSON.stringify(own))
+      ) {
+        const leader = this.fsm.member(status.leader);
+        if (leader !== undefined) {
+          await fetch(`http://${leader.http}/v1/cluster/members`, {
+            method: "POST",
+            headers: { "content-type": "application/json", [forwardedHeader]: "1" },
+            body: JSON.stringify(own),
+            signal: AbortSignal.timeout(2000),
+          });
+        }
+      }
+    } catch (error) {
+      this.logger.debug({ err: error }, "housekeeping will retry");
+    }
+  }
+
+  private async promoteCaughtUpLearner(): Promise<void> {
+    const status = this.node.status();
+    const learner = this.node
+      .replicationStatus()
+      .find(
+        (peer) =>
+          status.config.learners.includes(peer.id) &&
+          peer.match + promotionLagEntries >= status.commit,
+      );
+    if (learner === undefined) return;
+    this.logger.info({ learner: learner.id }, "promoting learner to voter");
+    await this.node.changeMembership({ kind: "promote", node: learner.id }, proposeTimeoutMs);
+  }
+
+  appliedIndex(): number {
+    return this.node.status().applied;
+  }
+
+  async propose(command: RegistryCommand): Promise<RegistryResult & { index: number }> {
+    const { index, result } = await this.node.propose(encodeCommand(command), proposeTimeoutMs);
+    if (result === undefined) throw new Error("a registry command produced no result");
+    return { ...result, index };
+  }
+
+  /** Apply a write through the leader: here when leader, forwarded otherwise. */
+  async write(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    command: RegistryCommand,
+    shape: (result: Extract<RegistryResult, { ok: true }>) => unknown,
+  ): Promise<unknown> {
+    return this.forwardUnlessLeader(request, reply, async () => {
+      const outcome = await this.propose(command);
+      if (!outcome.ok) throw new MusterError("MUSTER_ERR_NOT_FOUND", outcome.message);
+      return shape(outcome);
+    });
+  }
+
+  /**
+   * Run a write on the leader: here when this node leads, forwarded otherwise. While
+   * leadership moves (an election, a transfer) the write waits and tries again until the
+   * deadline, so a planned handover fails no request. A retried forward can apply a write
+   * twice; registration is idempotent, a repeated deregistration answers 404.
+   */
+  async forwardUnlessLeader(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    handle: () => Promise<unknown>,
+  ): Promise<unknown> {
+    const deadline = Date.now() + leaderWaitMs;
+    const forwarded = request.headers[forwardedHeader] !== undefined;
+    for (;;) {
+      const status = this.node.status();
+      try {
+        if (status.role === "leader") return await handle();
+        const leader = status.leader === null ? undefined : this.fsm.member(status.leader);
+        const answer =
+          leader === undefined || forwarded ? null : await this.forward(request, leader.http);
+        if (answer !== null) {
+          if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
+          return reply.code(answer.status).send(answer.body);
+        }
+      } catch (error) {
+        const moving =
+          error instanceof RaftError &&
+          (error.code === "not-leader" || error.code === "transferring");
+        if (!moving) throw error;
+      }
+      if (Date.now() >= deadline || this.stopping) {
+        throw new MusterError("MUSTER_ERR_NO_LEADER", "no leader took the write in time");
+      }
+      await sleep(25);
+    }
+  }
+
+  /** The leader's answer, or null when it could not take the request (gone, or itself without a leader). */
+  private async forward(
+    request: FastifyRequest,
+    leaderHttp: string,
+  ): Promise<{ status: number; body: unknown; retryAfter: string | null } | null> {
+    try {
+      const response = await fetch(`http://${leaderHttp}${request.url}`, {
+        method: request.method,
+        headers: { "content-type": "application/json", [forwardedHeader]: "1" },
+        ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
+        signal: AbortSignal.timeout(leaderWaitMs),
+      });
+      if (response.status === 503) return null;
+      return {
+        status: response.status,
+        body: await response.json(),
+        retryAfter: response.headers.get("retry-after"),
+      };
+    } catch {
+      return null;
+    }
+  }
+
+  /** Wait until reads here reflect every write committed before the request (unless stale). */
+  async read(consistency: "stale" | "default" | "linearizable"): Promise<void> {
+    if (consistency === "stale") return;
+    try {
+      await this.node.readIndex(proposeTimeoutMs);
+    } catch (error) {
+      throw error instanceof RaftError ? fromRaftError(error) : error;
+    }
+  }
+
+  async addMember(member: MemberAddresses): Promise<unknown> {
+    const config = this.node.status().config;
+    const known = config.voters.includes(member.id) || config.learners.includes(member.id);
+    if (!known)
+      await this.node.changeMembership({ kind: "add-learner", node: member.id }, proposeTimeoutMs);
+    await this.propose({ op: "member", member });
+    this.transport.setPeer(member.id, member.raft);
+    return {
+      clusterId: this.clusterId,
+      member,
+      learner: !config.voters.includes(member.id),
+      members: this.fsm.members().map(({ id, raft }) => ({ id, raft })),
+    };
+  }
+
+  async removeMember(id: string): Promise<unknown> {
+    const { index } = await this.node.changeMembership(
+      { kind: "remove", node: id },
+      proposeTimeoutMs,
+    );
+    return { removed: id, index };
+  }
+
+  async transferLeadership(to: string | undefined): Promise<unknown> {
+    const target = to ?? this.bestTransferTarget();
+    if (target === undefined || !this.node.transferLeadership(target)) {
+      throw new MusterError(
+        "MUSTER_ERR_CONFLICT",
+        `cannot transfer leadership to ${target ?? "anyone"}`,
+      );
+    }
+    return { transferringTo: target };
+  }
+
+  private bestTransferTarget(): string | undefined {
+    const voters = this.node.status().config.voters;
+    return this.node
+      .replicationStatus()
+      .filter((peer) => peer.id !== this.config.nodeId && voters.includes(peer.id))
+      .sort((a, b) => b.match - a.match)[0]?.id;
+  }
+
+  leaderInfo(): unknown {
+    const status = this.node.status();
+    const leader = status.leader === null ? undefined : this.fsm.member(status.leader);
+    return {
+      leader:
+        status.leader === null
+          ? null
+          : { id: status.leader, raft: leader?.raft ?? null, http: leader?.http ?? null },
+      term: status.term,
+    };
+  }
+
+  membersInfo(): unknown {
+    const status = this.node.status();
+    const ids = [...status.config.voters, ...status.config.learners];
+    return {
+      term: status.term,
+      commitIndex: status.commit,
+      members: ids.map((id) => {
+        const addresses = this.fsm.member(id);
+        return {
+          id,
+          raft: addresses?.raft ?? this.config.peers.get(id) ?? null,
+          http: addresses?.http ?? null,
+          grpc: addresses?.grpc ?? null,
+          dns: addresses?.dns ?? null,
+          role:
+            id === status.leader
+              ? "leader"
+              : status.config.voters.includes(id)
+                ? "follower"
+                : "learner",
+          voter: status.config.voters.includes(id),
+        };
+      }),
+    };
+  }
+
+  stateHash(): { appliedIndex: number; hash: string } {
+    return { appliedIndex: this.appliedIndex(), hash: this.fsm.stateHash().hash };
+  }
+
+  isReady(): { ok: boolean; leader: string | null } {
+    const status = this.node.status();
+    return { ok: status.leader !== null && status.applied >= status.commit, leader: status.leader };
+  }
+
+  status() {
+    return this.node.status();
+  }
+
+  /** SIGTERM: stop taking requests, hand leadership over if leader, flush, close. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.housekeeping !== null) clearInterval(this.housekeeping);
+    // Stop taking requests; those in flight finish while leadership moves.
+    const closing = this.http.close();
+    if (this.node.status().role === "leader") await this.handOverLeadership();
+    const closed = await Promise.race([closing.then(() => true), sleep(1000).then(() => false)]);
+    if (!closed) this.logger.warn("requests still in flight at shutdown");
+    await this.node.stop();
+  }
+
+  private async handOverLeadership(): Promise<void> {
+    const target = this.bestTransferTarget();
+    if (target === undefined || !this.node.transferLeadership(target)) return;
+    const deadline = Date.now() + 2000;
+    while (this.node.status().role === "leader" && Date.now() < deadline) await sleep(10);
+    this.logger.info(
+      { to: target, moved: this.node.status().role !== "leader" },
+      "leadership transfer on shutdown",
+    );
+  }
+}
+
+async function sleep(ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function ownAddresses(config: AgentConfig): MemberAddresses {
+  return {
+    id: config.nodeId,
+    raft: config.raft,
+    http: config.http,
+    grpc: config.grpc,
+    dns: config.dns,
+  };
+}
+
+export function splitAddress(address: string): [string, number] {
+  const at = address.lastIndexOf(":");
+  return [address.slice(0, at), Number(address.slice(at + 1))];
+}

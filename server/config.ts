@@ -1,0 +1,252 @@
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { type Command, InvalidArgumentError, Option } from "commander";
+
+export interface AgentConfig {
+  readonly nodeId: string;
+  readonly dataDir: string;
+  readonly http: string;
+  readonly grpc: string;
+  readonly raft: string;
+  readonly dns: string;
+  /** Bootstrap voters: node id -> Raft address. Empty when joining. */
+  readonly peers: ReadonlyMap<string, string>;
+  /** HTTP address of a running member to join through. */
+  readonly join: string | null;
+  readonly clusterId: string;
+  readonly heartbeatIntervalMs: number;
+  readonly electionTimeoutMs: number;
+  readonly ttlCheckpointIntervalMs: number;
+  readonly deregisterAfterMs: number;
+  readonly lockDelayMs: number;
+  readonly snapshotEveryEntries: number;
+  readonly logLevel: string;
+}
+
+/** "500ms", "10s", "2m", "1h" -> milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (match === null)
+    throw new InvalidArgumentError(`"${text}" is not a duration like 500ms, 10s, 2m or 1h`);
+  const scale = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] as "ms" | "s" | "m" | "h"];
+  return Math.round(Number(match[1]) * scale);
+}
+
+function parseAddress(text: string): string {
+  if (!/^[^\s:]+:\d{1,5}$/.test(text) || Number(text.split(":").pop()) > 65535) {
+    throw new InvalidArgumentError(`"${text}" is not an address like 127.0.0.1:7700`);
+  }
+  return text;
+}
+
+const nodeIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
+
+function parseNodeId(text: string): string {
+  if (!nodeIdPattern.test(text))
+    throw new InvalidArgumentError(`"${text}" is not a node id (letters, digits, . _ -)`);
+  return text;
+}
+
+/** "n1=127.0.0.1:7702,n2=..." -> map of node id to Raft address. */
+export function parsePeers(text: string): Map<string, string> {
+  const peers = new Map<string, string>();
+  for (const part of text.split(",").filter((p) => p.trim() !== "")) {
+    const [id, address, ...rest] = part.trim().split("=");
+    if (id === undefined || address === undefined || rest.length > 0) {
+      throw new InvalidArgumentError(`"${part}" is not a peer like n1=127.0.0.1:7702`);
+    }
+    if (peers.has(id)) throw new InvalidArgumentError(`peer ${id} is listed twice`);
+    peers.set(parseNodeId(id), parseAddress(address));
+  }
+  return peers;
+}
+
+function positiveInteger(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 1)
+    throw new InvalidArgumentError(`"${text}" is not a positive integer`);
+  return value;
+}
+
+/** A cluster id every bootstrap member derives alike from the same peer list. */
+export function clusterIdOf(peers: ReadonlyMap<string, string>): string {
+  const text = [...peers]
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([id, address]) => `${id}=${address}`)
+    .join(",");
+  return createHash("sha256").update(text).digest("hex").slice(0, 16);
+}
+
+function option(
+  flags: string,
+  description: string,
+  env: string,
+  parse?: (text: string) => unknown,
+  fallback?: string,
+) {
+  const created = new Option(flags, description).env(env);
+  if (parse !== undefined) created.argParser(parse);
+  if (fallback !== undefined)
+    created.default(parse === undefined ? fallback : parse(fallback), fallback);
+  return created;
+}
+
+/** The `agent` command's flags; every flag also reads MUSTER_<FLAG> and the --config file. */
+export function agentOptions(): Option[] {
+  return [
+    option(
+      "--config <file>",
+      "JSON file with any of these settings (camelCase keys)",
+      "MUSTER_CONFIG",
+    ),
+    option("--node-id <id>", "this node's id", "MUSTER_NODE_ID", parseNodeId),
+    option(
+      "--data-dir <dir>",
+      "where the Raft log and snapshots live (default ./data/<node-id>)",
+      "MUSTER_DATA_DIR",
+    ),
+    option("--http <address>", "HTTP API address", "MUSTER_HTTP", parseAddress, "127.0.0.1:7700"),
+    option("--grpc <address>", "gRPC API address", "MUSTER_GRPC", parseAddress, "127.0.0.1:7701"),
+    option(
+      "--raft <address>",
+      "address peers reach this node's Raft on",
+      "MUSTER_RAFT",
+      parseAddress,
+      "127.0.0.1:7702",
+    ),
+    option(
+      "--dns <address>",
+      "DNS address (UDP and TCP)",
+      "MUSTER_DNS",
+      parseAddress,
+      "127.0.0.1:7753",
+    ),
+    option(
+      "--peers <list>",
+      "bootstrap voters: n1=HOST:PORT,n2=HOST:PORT,... (Raft addresses)",
+      "MUSTER_PEERS",
+      parsePeers,
+    ),
+    option(
+      "--join <address>",
+      "HTTP address of a running member to join as a learner",
+      "MUSTER_JOIN",
+      parseAddress,
+    ),
+    option("--cluster-id <id>", "cluster id (default: derived from --peers)", "MUSTER_CLUSTER_ID"),
+    option(
+      "--heartbeat-interval <duration>",
+      "leader heartbeat interval",
+      "MUSTER_HEARTBEAT_INTERVAL",
+      parseDuration,
+      "50ms",
+    ),
+    option(
+      "--election-timeout <duration>",
+      "minimum election timeout (randomized up to twice it)",
+      "MUSTER_ELECTION_TIMEOUT",
+      parseDuration,
+      "500ms",
+    ),
+    option(
+      "--ttl-checkpoint-interval <duration>",
+      "how often the leader checkpoints TTLs",
+      "MUSTER_TTL_CHECKPOINT_INTERVAL",
+      parseDuration,
+      "5s",
+    ),
+    option(
+      "--deregister-after <duration>",
+      "how long a critical instance stays before removal",
+      "MUSTER_DEREGISTER_AFTER",
+      parseDuration,
+      "60s",
+    ),
+    option(
+      "--lock-delay <duration>",
+      "default lock delay after a holder's session ends",
+      "MUSTER_LOCK_DELAY",
+      parseDuration,
+      "1s",
+    ),
+    option(
+      "--snapshot-every <entries>",
+      "take a snapshot after this many applied entries",
+      "MUSTER_SNAPSHOT_EVERY",
+      positiveInteger,
+      "10000",
+    ),
+    option("--log-level <level>", "pino log level", "MUSTER_LOG_LEVEL", undefined, "info"),
+  ];
+}
+
+type RawOptions = Record<string, unknown>;
+
+/** Settings from the command line and environment, over the --config file, over defaults. */
+export function resolveConfig(command: Command): AgentConfig {
+  const cli = command.opts<RawOptions>();
+  const fromFile = typeof cli.config === "string" ? readConfigFile(cli.config) : {};
+  const pick = (key: string): unknown => {
+    const source = command.getOptionValueSource(key);
+    return source === "cli" || source === "env" || fromFile[key] === undefined
+      ? cli[key]
+      : fromFile[key];
+  };
+  const nodeId = pick("nodeId");
+  if (typeof nodeId !== "string")
+    throw new InvalidArgumentError("--node-id (or MUSTER_NODE_ID) is required");
+  const peersValue = pick("peers");
+  const peers =
+    typeof peersValue === "string"
+      ? parsePeers(peersValue)
+      : ((peersValue as Map<string, string>) ?? new Map());
+  const join = pick("join") as string | undefined;
+  if (peers.size === 0 && join === undefined)
+    throw new InvalidArgumentError("give --peers to bootstrap or --join to join a cluster");
+  if (peers.size > 0 && join !== undefined)
+    throw new InvalidArgumentError("--peers and --join exclude each other");
+  if (peers.size > 0 && !peers.has(nodeId))
+    throw new InvalidArgumentError(`--peers must list this node (${nodeId})`);
+  const duration = (key: string) => {
+    const value = pick(key);
+    return typeof value === "string" ? parseDuration(value) : (value as number);
+  };
+  const heartbeatIntervalMs = duration("heartbeatInterval");
+  const electionTimeoutMs = duration("electionTimeout");
+  if (electionTimeoutMs < 2 * heartbeatIntervalMs) {
+    throw new InvalidArgumentError(
+      "--election-timeout must be at least twice --heartbeat-interval",
+    );
+  }
+  const raft = pick("raft") as string;
+  return {
+    nodeId,
+    dataDir: (pick("dataDir") as string | undefined) ?? `./data/${nodeId}`,
+    http: pick("http") as string,
+    grpc: pick("grpc") as string,
+    raft: peers.get(nodeId) ?? raft,
+    dns: pick("dns") as string,
+    peers,
+    join: join ?? null,
+    clusterId:
+      (pick("clusterId") as string | undefined) ?? (peers.size > 0 ? clusterIdOf(peers) : ""),
+    heartbeatIntervalMs,
+    electionTimeoutMs,
+    ttlCheckpointIntervalMs: duration("ttlCheckpointInterval"),
+    deregisterAfterMs: duration("deregisterAfter"),
+    lockDelayMs: duration("lockDelay"),
+    snapshotEveryEntries: Number(pick("snapshotEvery")),
+    logLevel: pick("logLevel") as string,
+  };
+}
+
+function readConfigFile(path: string): RawOptions {
+  try {
+    const parsed: unknown = JSON.parse(readFileSync(path, "utf8"));
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+      throw new Error("not a JSON object");
+    return parsed as RawOptions;
+  } catch (error) {
+    throw new InvalidArgumentError(`--config ${path}: ${(error as Error).message}`);
+  }
+}

@@ -1,0 +1,230 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const cli = fileURLToPath(new URL("../../server/cli.ts", import.meta.url));
+
+/** Fast timings so that elections and failovers take a fraction of a second. */
+const fastTimingArgs = [
+  "--heartbeat-interval=20ms",
+  "--election-timeout=200ms",
+  "--snapshot-every=20",
+  "--log-level=info",
+];
+/** The product's defaults, for benchmarks. */
+const defaultTimingArgs = ["--log-level=warn"];
+
+export interface AgentProcess {
+  readonly id: string;
+  readonly http: string;
+  readonly raft: string;
+  readonly grpc: string;
+  readonly dns: string;
+  readonly dataDir: string;
+  process: ChildProcess | null;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() =>
+        typeof address === "object" && address !== null
+          ? resolve(address.port)
+          : reject(new Error("no port")),
+      );
+    });
+  });
+}
+
+export async function sleep(ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Poll until `probe` returns a value, at most `timeoutMs`. */
+export async function eventually<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown = null;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await sleep(50);
+  }
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what}${lastError === null ? "" : `: ${String(lastError)}`}`,
+  );
+}
+
+export interface HttpAnswer {
+  readonly status: number;
+  readonly body: Record<string, unknown>;
+}
+
+/** Real `muster agent` processes on 127.0.0.1, each with its own ports and data directory. */
+export class AgentCluster {
+  readonly agents = new Map<string, AgentProcess>();
+
+  private constructor(
+    private readonly root: string,
+    private readonly timingArgs: readonly string[],
+  ) {}
+
+  /** `defaultTimings`: run with the product's default heartbeat and election timeout. */
+  static async create(options: { defaultTimings?: boolean } = {}): Promise<AgentCluster> {
+    const root = await mkdtemp(join(tmpdir(), "muster-cluster-"));
+    return new AgentCluster(
+      root,
+      options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs,
+    );
+  }
+
+  async define(id: string): Promise<AgentProcess> {
+    const [http, raft, grpc, dns] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
+    const agent: AgentProcess = {
+      id,
+      http: `127.0.0.1:${http}`,
+      raft: `127.0.0.1:${raft}`,
+      grpc: `127.0.0.1:${grpc}`,
+      dns: `127.0.0.1:${dns}`,
+      dataDir: join(this.root, id),
+      process: null,
+    };
+    this.agents.set(id, agent);
+    return agent;
+  }
+
+  /** Define and start `ids` as a bootstrap cluster. */
+  async bootstrap(ids: readonly string[]): Promise<void> {
+    for (const id of ids) await this.define(id);
+    const peers = ids.map((id) => `${id}=${this.get(id).raft}`).join(",");
+    for (const id of ids) this.start(id, [`--peers=${peers}`]);
+  }
+
+  peersArg(ids: readonly string[]): string {
+    return `--peers=${ids.map((id) => `${id}=${this.get(id).raft}`).join(",")}`;
+  }
+
+  get(id: string): AgentProcess {
+    const agent = this.agents.get(id);
+    if (agent === undefined) throw new Error(`no agent ${id}`);
+    return agent;
+  }
+
+  start(id: string, args: readonly string[]): void {
+    const agent = this.get(id);
+    const log = createWriteStream(join(this.root, `${id}.log`), { flags: "a" });
+    const child = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        cli,
+        "agent",
+        `--node-id=${id}`,
+        `--data-dir=${agent.dataDir}`,
+        `--http=${agent.http}`,
+        `--raft=${agent.raft}`,
+        `--grpc=${agent.grpc}`,
+        `--dns=${agent.dns}`,
+        ...this.timingArgs,
+        ...args,
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    child.stdout?.pipe(log);
+    child.stderr?.pipe(log);
+    agent.process = child;
+  }
+
+  /** Send `signal`; resolves with the exit code once the process is gone. */
+  async kill(id: string, signal: NodeJS.Signals): Promise<number | null> {
+    const child = this.get(id).process;
+    if (child === null || child.exitCode !== null || child.signalCode !== null)
+      return child?.exitCode ?? null;
+    const exited = new Promise<number | null>((resolve) =>
+      child.once("exit", (code) => resolve(code)),
+    );
+    child.kill(signal);
+    const code = await exited;
+    this.get(id).process = null;
+    return code;
+  }
+
+  running(): AgentProcess[] {
+    return [...this.agents.values()].filter((agent) => agent.process !== null);
+  }
+
+  async request(id: string, method: string, path: string, body?: unknown): Promise<HttpAnswer> {
+    const response = await fetch(`http://${this.get(id).http}${path}`, {
+      method,
+      ...(body === undefined
+        ? {}
+        : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(8000),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  }
+
+  /** The leader every running agent agrees on. */
+  async leader(timeoutMs = 10_000): Promise<string> {
+    return eventually(
+      "every running agent to agree on a leader",
+      async () => {
+        const answers = await Promise.all(
+          this.running().map((agent) => this.request(agent.id, "GET", "/v1/cluster/leader")),
+        );
+        const ids = answers.map((answer) => (answer.body.leader as { id: string } | null)?.id);
+        const first = ids[0];
+        const running = this.running().some((agent) => agent.id === first);
+        return first !== undefined && running && ids.every((id) => id === first)
+          ? first
+          : undefined;
+      },
+      timeoutMs,
+    );
+  }
+
+  /** Every running agent reports the same state hash at the same applied index. */
+  async converged(timeoutMs = 10_000): Promise<{ appliedIndex: number; hash: string }> {
+    return eventually(
+      "every running agent to reach the same state",
+      async () => {
+        const answers = await Promise.all(
+          this.running().map((agent) => this.request(agent.id, "GET", "/v1/cluster/state-hash")),
+        );
+        const hashes = new Set(
+          answers.map((answer) => `${answer.body.appliedIndex}/${answer.body.hash}`),
+        );
+        return hashes.size === 1
+          ? (answers[0]?.body as { appliedIndex: number; hash: string })
+          : undefined;
+      },
+      timeoutMs,
+    );
+  }
+
+  async destroy(): Promise<void> {
+    for (const agent of this.agents.values()) await this.kill(agent.id, "SIGKILL");
+    if (process.env.MUSTER_KEEP_TEST_DATA === undefined)
+      await rm(this.root, { recursive: true, force: true });
+  }
+}

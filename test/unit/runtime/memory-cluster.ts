@@ -1,0 +1,74 @@
+import { bootstrapState } from "../../../raft/core/raft.js";
+import type { Entry, NodeId } from "../../../raft/core/types.js";
+import { RaftNode, type StateMachine } from "../../../raft/node.js";
+import { MemoryStorage } from "../../../raft/storage/memory-storage.js";
+import { MemoryNetwork } from "../../../raft/transport/memory-transport.js";
+
+/** Appends every command to a list; apply returns the list's length. */
+export class ListMachine implements StateMachine<number> {
+  items: string[] = [];
+
+  apply(entry: Entry & { type: "normal" }): number {
+    this.items.push(new TextDecoder().decode(entry.data));
+    return this.items.length;
+  }
+
+  snapshot(): Uint8Array {
+    return new TextEncoder().encode(JSON.stringify(this.items));
+  }
+
+  restore(data: Uint8Array): void {
+    this.items = JSON.parse(new TextDecoder().decode(data)) as string[];
+  }
+}
+
+export interface MemoryMember {
+  readonly node: RaftNode<number>;
+  readonly machine: ListMachine;
+  readonly storage: MemoryStorage;
+}
+
+/** Three RaftNodes in one process over an in-memory network, with fast ticks. */
+export async function startMemoryCluster(ids: readonly NodeId[] = ["n1", "n2", "n3"]) {
+  const network = new MemoryNetwork();
+  const fatal: Error[] = [];
+  const members = new Map<NodeId, MemoryMember>();
+  for (const id of ids) {
+    const machine = new ListMachine();
+    const storage = new MemoryStorage(bootstrapState(ids));
+    const node = await RaftNode.start({
+      raft: {
+        id,
+        electionTicks: 10,
+        heartbeatTicks: 1,
+        maxEntriesPerAppend: 256,
+        maxInflightAppends: 16,
+        maxUncommittedEntries: 4096,
+        preVote: true,
+        checkQuorum: true,
+      },
+      tickIntervalMs: 5,
+      snapshotEveryEntries: 50,
+      storage,
+      transport: network.transport(id),
+      stateMachine: machine,
+      onFatal: (error) => fatal.push(error),
+    });
+    members.set(id, { node, machine, storage });
+  }
+  return { network, members, fatal };
+}
+
+export async function waitFor<T>(
+  what: string,
+  probe: () => T | undefined,
+  timeoutMs = 5000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = probe();
+    if (value !== undefined) return value;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}

@@ -1,0 +1,87 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { RaftError } from "../../../raft/node.js";
+import { type MemoryMember, startMemoryCluster, waitFor } from "./memory-cluster.js";
+
+type Cluster = Awaited<ReturnType<typeof startMemoryCluster>>;
+let cluster: Cluster | null = null;
+
+afterEach(async () => {
+  for (const member of cluster?.members.values() ?? []) await member.node.stop();
+  expect(cluster?.fatal ?? []).toEqual([]);
+  cluster = null;
+});
+
+function leaderOf(members: Iterable<MemoryMember>, except?: string): MemoryMember | undefined {
+  return [...members].find(
+    (member) => member.node.status().role === "leader" && member.node.id !== except,
+  );
+}
+
+describe("RaftNode runtime over an in-memory network", () => {
+  it("elects a leader, commits proposals on every node and returns the state machine's result", async () => {
+    cluster = await startMemoryCluster();
+    const members = cluster.members;
+    const leader = await waitFor("a leader", () => leaderOf(members.values()));
+    const results = await Promise.all(
+      ["a", "b", "c"].map((text) => leader.node.propose(new TextEncoder().encode(text), 2000)),
+    );
+    expect(results.map((r) => r.result)).toEqual([1, 2, 3]);
+    await waitFor("every node applied", () =>
+      [...members.values()].every((m) => m.machine.items.length === 3) ? true : undefined,
+    );
+    for (const member of members.values()) expect(member.machine.items).toEqual(["a", "b", "c"]);
+  });
+
+  it("refuses a proposal on a follower with not-leader and names the leader", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const follower = [...cluster.members.values()].find((m) => m !== leader);
+    await waitFor("the follower knows the leader", () =>
+      follower?.node.status().leader === leader.node.id ? true : undefined,
+    );
+    const error = await follower?.node.propose(new Uint8Array([1]), 1000).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(RaftError);
+    expect(error).toMatchObject({ code: "not-leader", leader: leader.node.id });
+  });
+
+  it("serves a linearizable read from a follower only after applying what the leader committed", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const { index } = await leader.node.propose(new TextEncoder().encode("x"), 2000);
+    const follower = [...cluster.members.values()].find((m) => m !== leader);
+    await waitFor("the follower knows the leader", () =>
+      follower?.node.status().leader === leader.node.id ? true : undefined,
+    );
+    const readIndex = await follower?.node.readIndex(2000);
+    expect(readIndex).toBeGreaterThanOrEqual(index);
+    expect(follower?.machine.items).toContain("x");
+  });
+
+  it("elects a new leader when the old one is cut off, and keeps every acknowledged entry", async () => {
+    cluster = await startMemoryCluster();
+    const members = cluster.members;
+    const first = await waitFor("a leader", () => leaderOf(members.values()));
+    await first.node.propose(new TextEncoder().encode("before"), 2000);
+    cluster.network.setIsolated(first.node.id, true);
+    const second = await waitFor("a new leader", () => leaderOf(members.values(), first.node.id));
+    await second.node.propose(new TextEncoder().encode("after"), 2000);
+    cluster.network.setIsolated(first.node.id, false);
+    await waitFor("the old leader caught up", () =>
+      first.machine.items.includes("after") ? true : undefined,
+    );
+    expect(first.machine.items).toEqual(["before", "after"]);
+    expect(first.node.status().role).toBe("follower");
+  });
+
+  it("takes snapshots and compacts the log as entries are applied", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const texts = Array.from({ length: 120 }, (_, i) => `e${i}`);
+    await Promise.all(
+      texts.map((text) => leader.node.propose(new TextEncoder().encode(text), 5000)),
+    );
+    expect(leader.storage.persisted.snapshot?.index ?? 0).toBeGreaterThanOrEqual(50);
+    expect(leader.node.status().firstIndex).toBeGreaterThan(50);
+    expect(leader.machine.items).toEqual(texts);
+  });
+});
