@@ -49,18 +49,26 @@ export interface RaftNodeOptions<Result> {
   readonly onFatal: (error: Error) => void;
 }
 
-interface PendingProposal<Result> {
-  readonly term: number;
-  readonly resolve: (value: { index: number; result: Result | undefined }) => void;
+/** Deadlines are checked on each tick: one timer for all waiting callers. */
+interface Pending {
   readonly reject: (error: Error) => void;
-  readonly timer: NodeJS.Timeout;
+  /** performance.now() after which the caller gets a timeout. */
+  readonly deadline: number;
+  readonly what: string;
 }
 
-interface PendingRead {
+interface PendingProposal<Result> extends Pending {
+  readonly term: number;
+  readonly resolve: (value: { index: number; result: Result | undefined }) => void;
+}
+
+interface PendingRead extends Pending {
   readonly resolve: (index: number) => void;
-  readonly reject: (error: Error) => void;
-  readonly timer: NodeJS.Timeout;
   index: number | null;
+}
+
+function overwritten(): RaftError {
+  return new RaftError("not-leader", "leadership changed before the entry committed");
 }
 
 /**
@@ -116,18 +124,25 @@ export class RaftNode<Result> {
     data: Uint8Array,
     timeoutMs: number,
   ): Promise<{ index: number; result: Result | undefined }> {
-    return this.track(this.core.propose(data), timeoutMs);
+    return this.track(
+      this.guarded(() => this.core.propose(data)),
+      timeoutMs,
+    );
   }
 
   changeMembership(change: ConfChange, timeoutMs: number): Promise<{ index: number }> {
-    return this.track(this.core.proposeConfChange(change), timeoutMs);
+    return this.track(
+      this.guarded(() => this.core.proposeConfChange(change)),
+      timeoutMs,
+    );
   }
 
   private track(
-    outcome: ProposeResult,
+    outcome: ProposeResult | undefined,
     timeoutMs: number,
   ): Promise<{ index: number; result: Result | undefined }> {
-    if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
+    if (this.stopped || outcome === undefined)
+      return Promise.reject(new RaftError("stopped", "the node is stopping"));
     if (!outcome.ok) {
       return Promise.reject(
         new RaftError(outcome.reason, `proposal refused: ${outcome.reason}`, outcome.leader),
@@ -135,13 +150,15 @@ export class RaftNode<Result> {
     }
     this.kick();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.proposals.delete(outcome.index);
-        reject(
-          new RaftError("timeout", `entry ${outcome.index} not applied within ${timeoutMs} ms`),
-        );
-      }, timeoutMs);
-      this.proposals.set(outcome.index, { term: outcome.term, resolve, reject, timer });
+      // A new leader reused the index of an entry of ours that it overwrote.
+      this.proposals.get(outcome.index)?.reject(overwritten());
+      this.proposals.set(outcome.index, {
+        term: outcome.term,
+        resolve,
+        reject,
+        deadline: performance.now() + timeoutMs,
+        what: `entry ${outcome.index} not applied within ${timeoutMs} ms`,
+      });
     });
   }
 
@@ -150,20 +167,19 @@ export class RaftNode<Result> {
     if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
     const requestId = this.nextReadId++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.reads.delete(requestId);
-        reject(new RaftError("timeout", `read not confirmed within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.reads.set(requestId, { resolve, reject, timer, index: null });
-      this.core.readIndex(requestId);
-      this.kick();
+      this.reads.set(requestId, {
+        resolve,
+        reject,
+        deadline: performance.now() + timeoutMs,
+        what: `read not confirmed within ${timeoutMs} ms`,
+        index: null,
+      });
+      this.guarded(() => this.core.readIndex(requestId));
     });
   }
 
   transferLeadership(target: NodeId): boolean {
-    const started = this.core.transferLeadership(target);
-    this.kick();
-    return started;
+    return this.guarded(() => this.core.transferLeadership(target)) ?? false;
   }
 
   async stop(): Promise<void> {
@@ -171,9 +187,8 @@ export class RaftNode<Result> {
     this.stopped = true;
     clearInterval(this.ticker);
     const stopping = new RaftError("stopped", "the node stopped");
-    for (const proposal of this.proposals.values())
-      this.settle(proposal, () => proposal.reject(stopping));
-    for (const read of this.reads.values()) this.settle(read, () => read.reject(stopping));
+    for (const proposal of this.proposals.values()) proposal.reject(stopping);
+    for (const read of this.reads.values()) read.reject(stopping);
     this.proposals.clear();
     this.reads.clear();
     // Let a batch being written finish, so that what was acknowledged is on disk.
@@ -184,14 +199,36 @@ export class RaftNode<Result> {
 
   private tick(): void {
     if (this.stopped) return;
-    this.core.tick();
-    this.kick();
+    this.guarded(() => this.core.tick());
+    this.expire(this.proposals);
+    this.expire(this.reads);
+  }
+
+  private expire(pending: Map<number, Pending>): void {
+    const now = performance.now();
+    for (const [key, waiting] of pending) {
+      if (waiting.deadline > now) continue;
+      pending.delete(key);
+      waiting.reject(new RaftError("timeout", waiting.what));
+    }
   }
 
   private receive(message: Message): void {
     if (this.stopped || message.to !== this.core.id) return;
-    this.core.step(message);
-    this.kick();
+    this.guarded(() => this.core.step(message));
+  }
+
+  /** Runs an input of the core; a broken invariant stops the node instead of escaping. */
+  private guarded<T>(input: () => T): T | undefined {
+    if (this.stopped) return undefined;
+    try {
+      const output = input();
+      this.kick();
+      return output;
+    } catch (error) {
+      this.fail(error instanceof Error ? error : new Error(String(error)));
+      return undefined;
+    }
   }
 
   /** Run the ready loop unless it is already running: one batch at a time, in order. */
@@ -236,15 +273,8 @@ export class RaftNode<Result> {
       const proposal = this.proposals.get(entry.index);
       if (proposal === undefined) continue;
       this.proposals.delete(entry.index);
-      if (proposal.term === entry.term) {
-        this.settle(proposal, () => proposal.resolve({ index: entry.index, result }));
-      } else {
-        this.settle(proposal, () =>
-          proposal.reject(
-            new RaftError("not-leader", "leadership changed before the entry committed"),
-          ),
-        );
-      }
+      if (proposal.term === entry.term) proposal.resolve({ index: entry.index, result });
+      else proposal.reject(overwritten());
     }
     for (const state of ready.readStates) {
       const read = this.reads.get(state.requestId);
@@ -252,9 +282,7 @@ export class RaftNode<Result> {
       if (state.index === null) {
         this.reads.delete(state.requestId);
         const leader = this.core.status().leader;
-        this.settle(read, () =>
-          read.reject(new RaftError("not-leader", "no leader confirmed the read", leader)),
-        );
+        read.reject(new RaftError("not-leader", "no leader confirmed the read", leader));
       } else {
         read.index = state.index;
       }
@@ -262,15 +290,9 @@ export class RaftNode<Result> {
     for (const [requestId, read] of this.reads) {
       if (read.index !== null && read.index <= this.applied) {
         this.reads.delete(requestId);
-        const index = read.index;
-        this.settle(read, () => read.resolve(index));
+        read.resolve(read.index);
       }
     }
-  }
-
-  private settle(pending: { timer: NodeJS.Timeout }, action: () => void): void {
-    clearTimeout(pending.timer);
-    action();
   }
 
   private async maybeSnapshot(): Promise<void> {
@@ -283,7 +305,8 @@ export class RaftNode<Result> {
 
   private fail(error: Error): void {
     if (this.stopped) return;
-    void this.stop();
+    // The fatal error is what gets reported; a second failure while closing adds nothing.
+    this.stop().catch(() => undefined);
     this.options.onFatal(error);
   }
 }

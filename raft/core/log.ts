@@ -190,9 +190,18 @@ export class RaftLog {
     return this.inProgressIndex < this.lastIndex();
   }
 
-  /** The runtime persisted entries up to (index, term). */
-  stableTo(index: number, term: number): void {
-    if (index > this.stableIndex && this.matchTerm(index, term)) this.stableIndex = index;
+  /**
+   * The runtime persisted `entries`. A suffix may have been truncated meanwhile: only the
+   * entries our log still holds count, and never beyond what is handed out now.
+   */
+  stableTo(entries: readonly Entry[]): void {
+    for (let at = entries.length - 1; at >= 0; at--) {
+      const entry = entries[at] as Entry;
+      if (entry.index <= this.inProgressIndex && this.matchTerm(entry.index, entry.term)) {
+        this.stableIndex = Math.max(this.stableIndex, entry.index);
+        return;
+      }
+    }
   }
 
   /** Committed entries not yet handed out to apply; marks them handed out. */

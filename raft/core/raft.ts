@@ -88,7 +88,9 @@ export class Raft {
   private broadcastPending: "entries" | "with-empty" | null = null;
   private readContext = 0;
   private pendingReads: PendingRead[] = [];
-  private readsAwaitingTermCommit: number[] = [];
+  private readsAwaitingTermCommit: { requestId: number; origin: NodeId }[] = [];
+  /** A configuration became active through a commit index that is not yet synced. */
+  private configCommitUnsynced = false;
   private outboxNow: Message[] = [];
   private outboxAfterPersist: Message[] = [];
   private readStates: ReadState[] = [];
@@ -428,8 +430,7 @@ export class Raft {
     const committedInTerm = this.log.term(this.log.commit) === this.term;
     if (!committedInTerm && this.options.plantedBug !== "read-before-term-commit") {
       // Until an entry of this term commits, our commit index may be behind the cluster's.
-      if (origin === this.id) this.readsAwaitingTermCommit.push(requestId);
-      else this.answerRead(origin, requestId, null);
+      this.readsAwaitingTermCommit.push({ requestId, origin });
       return;
     }
     if (this.config.voters.length === 1) {
@@ -535,12 +536,16 @@ export class Raft {
       messagesAfterPersist: this.outboxAfterPersist,
       committedEntries: this.log.takeCommitted(this.applyLimit()),
       readStates: this.readStates,
+      // A commit index that activated a configuration must survive a crash: restarting
+      // with the older configuration could let this node count votes it no longer may.
       mustSync:
         entries.length > 0 ||
         snapshot !== null ||
         hardState.term !== previous.term ||
-        hardState.vote !== previous.vote,
+        hardState.vote !== previous.vote ||
+        (changed && this.configCommitUnsynced),
     };
+    this.configCommitUnsynced = false;
     this.outboxNow = [];
     this.outboxAfterPersist = [];
     this.readStates = [];
@@ -553,8 +558,7 @@ export class Raft {
     assert(this.readyOutstanding, "advance() without an outstanding ready");
     this.readyOutstanding = false;
     if (ready.hardState !== null) this.persistedTerm = ready.hardState.term;
-    const lastEntry = ready.entries[ready.entries.length - 1];
-    if (lastEntry !== undefined) this.log.stableTo(lastEntry.index, lastEntry.term);
+    this.log.stableTo(ready.entries);
     const lastApplied = ready.committedEntries[ready.committedEntries.length - 1];
     if (lastApplied !== undefined) this.log.appliedTo(lastApplied.index);
     if (this.role === "leader") {
@@ -636,8 +640,8 @@ export class Raft {
 
   private failPendingReads(): void {
     for (const read of this.pendingReads) this.answerRead(read.origin, read.requestId, null);
-    for (const requestId of this.readsAwaitingTermCommit)
-      this.readStates.push({ requestId, index: null });
+    for (const read of this.readsAwaitingTermCommit)
+      this.answerRead(read.origin, read.requestId, null);
     this.pendingReads = [];
     this.readsAwaitingTermCommit = [];
   }
@@ -893,7 +897,7 @@ export class Raft {
     if (this.role === "leader" && this.log.term(this.log.commit) === this.term) {
       const waiting = this.readsAwaitingTermCommit;
       this.readsAwaitingTermCommit = [];
-      for (const requestId of waiting) this.readIndexFor(requestId, this.id);
+      for (const read of waiting) this.readIndexFor(read.requestId, read.origin);
     }
     return true;
   }
@@ -924,6 +928,7 @@ export class Raft {
   private applyConfigEntry(index: number, change: ConfChange): void {
     this.config = applyChange(this.config, change);
     this.configHistory.push({ index, config: this.config });
+    this.configCommitUnsynced = true;
     if (this.role !== "leader") return;
     for (const member of members(this.config)) {
       if (!this.progress.has(member)) this.addProgress(member);
@@ -937,11 +942,24 @@ export class Raft {
     if (this.transferTarget !== null && !isVoter(this.config, this.transferTarget))
       this.transferTarget = null;
     if (!isVoter(this.config, this.id)) {
-      this.becomeFollower(this.term, null);
+      this.handOverAfterRemoval();
       return;
     }
     // A smaller quorum may commit more now.
     if (this.maybeCommit()) this.scheduleBroadcast(true);
+  }
+
+  /**
+   * Our own removal committed: tell the remaining voters so (they may not know the entry
+   * committed) and let the most caught-up one campaign at once instead of after a timeout.
+   */
+  private handOverAfterRemoval(): void {
+    this.broadcastHeartbeat();
+    const successor = [...this.progress].find(
+      ([peer, progress]) => isVoter(this.config, peer) && progress.match === this.log.lastIndex(),
+    )?.[0];
+    if (successor !== undefined) this.send({ ...this.envelope(successor), type: "timeout-now" });
+    this.becomeFollower(this.term, null);
   }
 
   // ---- messages -------------------------------------------------------------------------

@@ -87,6 +87,22 @@ describe("Raft §8: requests made on a follower", () => {
     ]);
   });
 
+  it("a read forwarded to a leader that has not committed in its term waits for that commit", () => {
+    const network = new Network(3);
+    network.dropIf((m) => m.type === "append" && m.from === "n1");
+    network.electLeader("n1");
+    network.tickAll();
+    expect(network.status("n2").leader).toBe("n1");
+    network.raft("n2").readIndex(6);
+    network.settle();
+    expect(network.readStates("n2")).toEqual([]);
+    network.heal();
+    network.tickAll();
+    const noop = network.status("n1").lastIndex;
+    expect(network.status("n1").commit).toBe(noop);
+    expect(network.readStates("n2")).toEqual([{ requestId: 6, index: noop }]);
+  });
+
   it("a node that knows no leader fails a read at once", () => {
     const network = new Network(3);
     network.settle();

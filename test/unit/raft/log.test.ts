@@ -116,15 +116,19 @@ describe("RaftLog: commit, persistence and application pointers", () => {
     expect(log.takeCommitted(log.commit).map((e) => e.index)).toEqual([3, 4]);
   });
 
-  it("records persistence only when the persisted entry is still the one in the log", () => {
+  it("records persistence only for the handed-out entries the log still holds", () => {
     const log = logOfTerms([1, 1], 2);
-    log.append([entry(3, 2)]);
-    const unstable = log.takeUnstable();
-    expect(unstable.map((e) => e.index)).toEqual([3]);
-    log.stableTo(3, 1);
-    expect(log.stableIndex).toBe(2);
-    log.stableTo(3, 2);
+    log.append([entry(3, 2), entry(4, 2), entry(5, 2)]);
+    const handed = log.takeUnstable();
+    expect(handed.map((e) => e.index)).toEqual([3, 4, 5]);
+    // A new leader overwrites 4.. while the batch is being persisted.
+    expect(log.maybeAppend(3, 2, [entry(4, 3)])).toBe(4);
+    log.stableTo(handed);
     expect(log.stableIndex).toBe(3);
+    const next = log.takeUnstable();
+    expect(next.map((e) => [e.index, e.term])).toEqual([[4, 3]]);
+    log.stableTo(next);
+    expect(log.stableIndex).toBe(4);
   });
 
   it("slices at most maxCount entries and refuses indexes outside the log", () => {

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import type { Entry, EntryPayload, Ready } from "../../../raft/core/types.js";
 import { electionTicks, Network, sentOfType, texts } from "./harness.js";
 
 /** Three voters led by n1 with five committed entries, and n4 added as a learner. */
@@ -118,8 +119,12 @@ describe("Raft §6: removing a voter", () => {
       role: "follower",
       config: { voters: ["n2", "n3"], learners: [] },
     });
-    const leader = network.tickUntilLeader();
+    // The removed leader told the others the change committed and handed over at once.
+    expect(sentOfType(network, "timeout-now").map((m) => m.from)).toEqual(["n1"]);
+    const [leader] = network.leaders();
     expect(["n2", "n3"]).toContain(leader);
+    if (leader === undefined) return;
+    expect(network.status(leader).config).toEqual({ voters: ["n2", "n3"], learners: [] });
     network.proposeAll(leader, ["without-n1"]);
     network.tickAll(5 * electionTicks);
     expect(network.leaders()).toEqual([leader]);
@@ -195,5 +200,42 @@ describe("Raft §6 (single-server changes): one change at a time", () => {
       reason: "not-leader",
       leader: "n1",
     });
+  });
+});
+
+describe("Raft §6: a configuration activated by a commit index survives a crash", () => {
+  /** n2 receives `entry` from leader n1, then learns from a heartbeat that it committed. */
+  function commitOnFollower(payload: EntryPayload): Ready | null {
+    const network = new Network(3);
+    network.electLeader("n1");
+    network.settle();
+    const { lastIndex, commit, term } = network.status("n2");
+    const prevTerm = network.raft("n2").termAt(lastIndex) ?? 0;
+    const envelope = { from: "n1", to: "n2", term };
+    const entry = { ...payload, term, index: lastIndex + 1 } as Entry;
+    network.inject({
+      ...envelope,
+      type: "append",
+      prevIndex: lastIndex,
+      prevTerm,
+      entries: [entry],
+      commit,
+    });
+    network.process("n2");
+    network.inject({ ...envelope, type: "heartbeat", commit: entry.index, context: 0 });
+    return network.process("n2");
+  }
+
+  it("a commit index that activates a configuration is synced", () => {
+    const ready = commitOnFollower({ type: "config", change: { kind: "add-learner", node: "n4" } });
+    expect(ready?.entries).toEqual([]);
+    expect(ready?.hardState?.commit).toBeGreaterThan(0);
+    expect(ready?.mustSync).toBe(true);
+  });
+
+  it("a commit index that activates nothing need not be synced", () => {
+    const ready = commitOnFollower({ type: "normal", data: new Uint8Array([1]) });
+    expect(ready?.hardState?.commit).toBeGreaterThan(0);
+    expect(ready?.mustSync).toBe(false);
   });
 });

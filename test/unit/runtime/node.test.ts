@@ -84,4 +84,32 @@ describe("RaftNode runtime over an in-memory network", () => {
     expect(leader.node.status().firstIndex).toBeGreaterThan(50);
     expect(leader.machine.items).toEqual(texts);
   });
+
+  it("stops a node whose core hits a broken invariant and reports it, instead of going on", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const follower = [...cluster.members.values()].find((m) => m !== leader) as MemoryMember;
+    await leader.node.propose(new TextEncoder().encode("x"), 2000);
+    await waitFor("the follower applied the entry", () =>
+      follower.machine.items.includes("x") ? true : undefined,
+    );
+    // The follower's last entry is "x", written in the leader's term.
+    const { term, lastIndex } = follower.node.status();
+    // An append whose entries do not follow its prevIndex: no correct leader sends this.
+    cluster.network.transport("rogue").send({
+      type: "append",
+      from: leader.node.id,
+      to: follower.node.id,
+      term,
+      prevIndex: lastIndex,
+      prevTerm: term,
+      entries: [{ type: "noop", term, index: lastIndex + 5 }],
+      commit: 0,
+    });
+    await waitFor("the fatal report", () => cluster?.fatal[0]);
+    expect(cluster.fatal.map((error) => error.name)).toEqual(["RaftInvariantError"]);
+    const refused = await follower.node.readIndex(1000).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: "stopped" });
+    cluster.fatal.length = 0;
+  });
 });
