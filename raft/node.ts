@@ -67,6 +67,9 @@ interface PendingRead extends Pending {
   index: number | null;
 }
 
+/** Ticks of the election timeout given up to clock drift between nodes. */
+const leaseDriftMarginTicks = 2;
+
 function overwritten(): RaftError {
   return new RaftError("not-leader", "leadership changed before the entry committed");
 }
@@ -87,6 +90,8 @@ export class RaftNode<Result> {
   private snapshotIndex = 0;
   private loop: Promise<void> | null = null;
   private stopped = false;
+  /** performance.now() of the last message from the leader we follow. */
+  private leaderContactAt: number | null = null;
 
   private constructor(options: RaftNodeOptions<Result>, core: Raft, snapshotIndex: number) {
     this.options = options;
@@ -117,6 +122,53 @@ export class RaftNode<Result> {
 
   replicationStatus(): PeerReplication[] {
     return this.core.replicationStatus();
+  }
+
+  /** Milliseconds since this node last heard from its leader: 0 on the leader, null if never. */
+  lastLeaderContactMs(): number | null {
+    const status = this.core.status();
+    if (status.role === "leader") return 0;
+    if (status.leader === null || this.leaderContactAt === null) return null;
+    return Math.round(performance.now() - this.leaderContactAt);
+  }
+
+  /** Leader that has committed an entry of its term and applied everything committed. */
+  isReadyLeader(): boolean {
+    const status = this.core.status();
+    return (
+      status.role === "leader" &&
+      this.core.termAt(status.commit) === status.term &&
+      status.applied >= status.commit
+    );
+  }
+
+  /**
+   * Leader lease: a quorum acknowledged us within the election timeout less a margin for
+   * clock drift. With CheckQuorum and leader stickiness no other leader can exist meanwhile.
+   */
+  private holdsLease(): boolean {
+    const status = this.core.status();
+    if (status.role !== "leader" || this.core.termAt(status.commit) !== status.term) return false;
+    const limit = this.options.raft.electionTicks - leaseDriftMarginTicks;
+    const fresh = this.core
+      .replicationStatus()
+      .filter(
+        (peer) =>
+          status.config.voters.includes(peer.id) &&
+          (peer.id === status.id || peer.ticksSinceHeard < limit),
+      ).length;
+    return fresh > status.config.voters.length / 2;
+  }
+
+  /**
+   * A read barrier bounded by the leader lease: while the lease holds the leader answers
+   * from its own state without a round trip; otherwise it is a ReadIndex.
+   */
+  leaseRead(timeoutMs: number): Promise<number> {
+    if (!this.holdsLease()) return this.readIndex(timeoutMs);
+    const commit = this.core.status().commit;
+    if (this.applied >= commit) return Promise.resolve(commit);
+    return this.readIndex(timeoutMs);
   }
 
   /** Resolves once the command is committed and applied here, with the state machine's result. */
@@ -215,6 +267,7 @@ export class RaftNode<Result> {
 
   private receive(message: Message): void {
     if (this.stopped || message.to !== this.core.id) return;
+    if (message.from === this.core.status().leader) this.leaderContactAt = performance.now();
     this.guarded(() => this.core.step(message));
   }
 

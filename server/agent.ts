@@ -10,12 +10,18 @@ import type { AgentConfig } from "./config.js";
 import { MusterError } from "./errors.js";
 import {
   encodeCommand,
+  type InstanceRef,
+  type InstanceStatus,
   type MemberAddresses,
   type RegistryCommand,
   type RegistryResult,
   RegistryStateMachine,
+  type SelfPreservationMode,
 } from "./fsm/registry.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
+import { Lessor, type SelfPreservationState } from "./lessor.js";
+import { Metrics } from "./metrics.js";
+import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
 /** How long a write may wait for a leader before it fails with 503. */
@@ -23,6 +29,9 @@ const leaderWaitMs = 5000;
 const forwardedHeader = "x-muster-forwarded";
 /** A learner this close to the leader's commit index is promoted to voter. */
 const promotionLagEntries = 100;
+/** How often the leader's lessor looks for TTLs that ran out. */
+const lessorIntervalMs = 100;
+export type Consistency = "stale" | "default" | "linearizable";
 
 /**
  * One `muster agent`: Raft over LevelDB and gRPC, the registry state machine, and the HTTP
@@ -30,6 +39,10 @@ const promotionLagEntries = 100;
  */
 export class Agent {
   readonly fsm = new RegistryStateMachine();
+  readonly watches = new Watches();
+  readonly metrics: Metrics;
+  private readonly lessor: Lessor;
+  private lessorTimer: NodeJS.Timeout | null = null;
   private node!: RaftNode<RegistryResult>;
   private transport!: GrpcTransport;
   private http!: FastifyInstance;
@@ -40,7 +53,52 @@ export class Agent {
     readonly config: AgentConfig,
     private readonly logger: Logger,
     private clusterId: string,
-  ) {}
+  ) {
+    this.metrics = new Metrics(
+      () => {
+        const status = this.node.status();
+        return {
+          term: status.term,
+          commit: status.commit,
+          applied: status.applied,
+          leader: status.role === "leader",
+        };
+      },
+      () => this.watches.size,
+    );
+    this.lessor = new Lessor(this.fsm, {
+      // The longest a follower waits before it campaigns: time for clients to find the new leader.
+      graceMs: 2 * config.electionTimeoutMs,
+      checkpointIntervalMs: config.ttlCheckpointIntervalMs,
+      deregisterAfterMs: config.deregisterAfterMs,
+      selfPreservationThreshold: config.selfPreservationThreshold,
+      selfPreservationMinInstances: config.selfPreservationMinInstances,
+      now: () => performance.now(),
+      wallClock: () => Date.now(),
+      propose: (command) => this.propose(command),
+      onSelfPreservation: (engaged, atRisk, total) => {
+        this.metrics.selfPreservation.set(engaged ? 1 : 0);
+        this.logger.warn(
+          {
+            event: engaged ? "self-preservation-engaged" : "self-preservation-released",
+            atRisk,
+            total,
+          },
+          engaged
+            ? "self-preservation: %d of %d instances at risk, evictions stopped"
+            : "self-preservation released: %d of %d instances at risk",
+          atRisk,
+          total,
+        );
+      },
+      onEvicted: (count) => this.metrics.evictions.inc(count),
+    });
+  }
+
+  /** The shortest TTL a registration may ask for: 1.5 x the longest election timeout, at least 2 s. */
+  get minTtlMs(): number {
+    return Math.max(2000, Math.ceil(1.5 * 2 * this.config.electionTimeoutMs));
+  }
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
     await mkdir(config.dataDir, { recursive: true });
@@ -130,7 +188,10 @@ export class Agent {
     });
     this.fsm.onChange((service) => {
       if (service === null) this.syncPeers();
+      this.watches.changed(service);
     });
+    this.lessorTimer = setInterval(() => this.runLessor(), lessorIntervalMs);
+    this.lessorTimer.unref();
     this.syncPeers();
     this.http = buildHttpApp(this);
     const [host, port] = splitAddress(config.http);
@@ -202,6 +263,67 @@ export class Agent {
     await this.node.changeMembership({ kind: "promote", node: learner.id }, proposeTimeoutMs);
   }
 
+  /** The lessor follows leadership: it starts once the new leader has applied everything. */
+  private runLessor(): void {
+    if (this.stopping) return;
+    if (!this.lessor.isLeading && this.node.isReadyLeader()) {
+      this.lessor.becomeLeader();
+      this.logger.info("lessor started: TTL countdowns resumed from the last checkpoint");
+    } else if (this.lessor.isLeading && this.node.status().role !== "leader") {
+      this.lessor.stepDown();
+    }
+    this.lessor.tick();
+  }
+
+  /** Renew an instance's TTL on the leader; a status change or revival is committed first. */
+  async heartbeat(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    ref: InstanceRef,
+    status: InstanceStatus | undefined,
+    output: string,
+  ): Promise<unknown> {
+    return this.forwardUnlessLeader(request, reply, async () => {
+      // A new leader takes heartbeats once its lessor has resumed the countdowns.
+      if (!this.lessor.isLeading) throw new RaftError("not-leader", "lessor not started yet");
+      const outcome = this.lessor.heartbeat(ref, status, output);
+      if (!outcome.found) {
+        throw new MusterError(
+          "MUSTER_ERR_NOT_FOUND",
+          `no instance ${ref.id} of service ${ref.service}: register it again`,
+        );
+      }
+      this.metrics.heartbeats.inc();
+      if (outcome.command !== undefined) await this.propose(outcome.command);
+      const instance = this.fsm.instance(ref);
+      return { id: ref.id, service: ref.service, status: instance?.effectiveStatus ?? null };
+    });
+  }
+
+  selfPreservation(): SelfPreservationState & { leader: boolean } {
+    return { ...this.lessor.selfPreservation(), leader: this.lessor.isLeading };
+  }
+
+  async setSelfPreservation(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    mode: SelfPreservationMode,
+  ): Promise<unknown> {
+    return this.forwardUnlessLeader(request, reply, async () => {
+      await this.propose({ op: "self-preservation", mode });
+      return this.lessor.selfPreservation();
+    });
+  }
+
+  /** Headers every response carries: how fresh this node's view is. */
+  stalenessHeaders(): Record<string, string> {
+    const contact = this.node.lastLeaderContactMs();
+    return {
+      "X-Muster-Known-Leader": String(this.node.status().leader !== null),
+      "X-Muster-Last-Contact": contact === null ? "-1" : String(contact),
+    };
+  }
+
   appliedIndex(): number {
     return this.node.status().applied;
   }
@@ -209,6 +331,7 @@ export class Agent {
   async propose(command: RegistryCommand): Promise<RegistryResult & { index: number }> {
     const { index, result } = await this.node.propose(encodeCommand(command), proposeTimeoutMs);
     if (result === undefined) throw new Error("a registry command produced no result");
+    if (command.op === "register" && result.ok) this.lessor.registered(command.instance);
     return { ...result, index };
   }
 
@@ -287,10 +410,11 @@ export class Agent {
   }
 
   /** Wait until reads here reflect every write committed before the request (unless stale). */
-  async read(consistency: "stale" | "default" | "linearizable"): Promise<void> {
+  async read(consistency: Consistency): Promise<void> {
     if (consistency === "stale") return;
     try {
-      await this.node.readIndex(proposeTimeoutMs);
+      if (consistency === "default") await this.node.leaseRead(proposeTimeoutMs);
+      else await this.node.readIndex(proposeTimeoutMs);
     } catch (error) {
       throw error instanceof RaftError ? fromRaftError(error) : error;
     }
@@ -394,6 +518,8 @@ export class Agent {
     if (this.stopping) return;
     this.stopping = true;
     if (this.housekeeping !== null) clearInterval(this.housekeeping);
+    if (this.lessorTimer !== null) clearInterval(this.lessorTimer);
+    this.lessor.stepDown();
     // Stop taking requests; those in flight finish while leadership moves.
     const closing = this.http.close();
     if (this.node.status().role === "leader") await this.handOverLeadership();

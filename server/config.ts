@@ -19,6 +19,9 @@ export interface AgentConfig {
   readonly ttlCheckpointIntervalMs: number;
   readonly deregisterAfterMs: number;
   readonly lockDelayMs: number;
+  /** Share of instances at risk (0..1) above which the leader stops evicting. */
+  readonly selfPreservationThreshold: number;
+  readonly selfPreservationMinInstances: number;
   readonly snapshotEveryEntries: number;
   readonly logLevel: string;
 }
@@ -59,6 +62,13 @@ export function parsePeers(text: string): Map<string, string> {
     peers.set(parseNodeId(id), parseAddress(address));
   }
   return peers;
+}
+
+function fraction(text: string): number {
+  const value = Number(text);
+  if (text.trim() === "" || !(value > 0 && value <= 1))
+    throw new InvalidArgumentError(`"${text}" is not a share between 0 (excluded) and 1`);
+  return value;
 }
 
 function positiveInteger(text: string): number {
@@ -170,6 +180,20 @@ export function agentOptions(): Option[] {
       "1s",
     ),
     option(
+      "--self-preservation-threshold <share>",
+      "evictions stop while more than this share of instances is at risk",
+      "MUSTER_SELF_PRESERVATION_THRESHOLD",
+      fraction,
+      "0.5",
+    ),
+    option(
+      "--self-preservation-min-instances <count>",
+      "self-preservation never engages below this many instances",
+      "MUSTER_SELF_PRESERVATION_MIN_INSTANCES",
+      positiveInteger,
+      "10",
+    ),
+    option(
       "--snapshot-every <entries>",
       "take a snapshot after this many applied entries",
       "MUSTER_SNAPSHOT_EVERY",
@@ -235,6 +259,8 @@ export function resolveConfig(command: Command): AgentConfig {
     ttlCheckpointIntervalMs: duration("ttlCheckpointInterval"),
     deregisterAfterMs: duration("deregisterAfter"),
     lockDelayMs: duration("lockDelay"),
+    selfPreservationThreshold: Number(pick("selfPreservationThreshold")),
+    selfPreservationMinInstances: Number(pick("selfPreservationMinInstances")),
     snapshotEveryEntries: Number(pick("snapshotEvery")),
     logLevel: pick("logLevel") as string,
   };

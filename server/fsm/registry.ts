@@ -4,7 +4,8 @@ import type { StateMachine } from "../../raft/node.js";
 
 export type InstanceStatus = "passing" | "warning" | "critical" | "maintenance";
 
-export interface Instance {
+/** What a registration says about an instance. */
+export interface InstanceSpec {
   readonly id: string;
   readonly service: string;
   readonly address: string;
@@ -13,13 +14,32 @@ export interface Instance {
   readonly meta: Readonly<Record<string, string>>;
   readonly weight: number;
   readonly version: string;
+  /** The status the instance reports of itself. */
   readonly status: InstanceStatus;
   readonly ttlMs: number;
-  /** Leader clock, milliseconds since the epoch, carried in the command. */
+}
+
+export interface Instance extends InstanceSpec {
+  /** What lookups see: critical while the TTL has run out, the reported status otherwise. */
+  readonly effectiveStatus: InstanceStatus;
+  readonly output: string;
+  /** Leader clock when the TTL ran out, or null while it runs. */
+  readonly expiredAt: number | null;
+  /** TTL left at the last checkpoint: where a new leader restarts the countdown. */
+  readonly ttlRemainingMs: number;
+  /** Leader clock, milliseconds since the epoch, carried in the commands. */
   readonly registeredAt: number;
   readonly lastHeartbeatAt: number;
   readonly createIndex: number;
   readonly modifyIndex: number;
+}
+
+export type SelfPreservationMode = "auto" | "on" | "off";
+
+/** Names an instance; `modifyIndex` pins the version the leader decided about. */
+export interface InstanceRef {
+  readonly service: string;
+  readonly id: string;
 }
 
 /** Where a member of the cluster listens; replicated so every node can route to every other. */
@@ -33,18 +53,31 @@ export interface MemberAddresses {
 
 export type RegistryCommand =
   | { readonly op: "member"; readonly member: MemberAddresses }
-  | {
-      readonly op: "register";
-      readonly instance: Omit<
-        Instance,
-        "registeredAt" | "lastHeartbeatAt" | "createIndex" | "modifyIndex"
-      >;
+  | { readonly op: "register"; readonly instance: InstanceSpec; readonly now: number }
+  | { readonly op: "deregister"; readonly service: string; readonly id: string }
+  /** A heartbeat that changed the reported status, or revived an expired instance. */
+  | (InstanceRef & {
+      readonly op: "set-status";
+      readonly status: InstanceStatus;
+      readonly output: string;
       readonly now: number;
+    })
+  /** TTLs that ran out on the leader: these turn critical (batched). */
+  | { readonly op: "expire"; readonly instances: readonly InstanceRef[]; readonly now: number }
+  /** Instances critical for longer than deregisterAfter: removed unless revived meanwhile. */
+  | { readonly op: "evict"; readonly instances: readonly InstanceRef[] }
+  /** The TTL left for every running lease, so that a new leader resumes the countdowns. */
+  | {
+      readonly op: "checkpoint";
+      readonly ttls: readonly (InstanceRef & {
+        readonly remainingMs: number;
+        readonly lastHeartbeatAt: number;
+      })[];
     }
-  | { readonly op: "deregister"; readonly service: string; readonly id: string };
+  | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode };
 
 export type RegistryResult =
-  | { readonly ok: true; readonly instance?: Instance }
+  | { readonly ok: true; readonly instance?: Instance; readonly changed?: number }
   | { readonly ok: false; readonly code: "not-found"; readonly message: string };
 
 /** Maps, never plain objects, so that no name a client sends can touch a prototype. */
@@ -52,13 +85,23 @@ interface RegistryState {
   readonly members: Map<string, MemberAddresses>;
   /** service -> instance id -> instance */
   readonly services: Map<string, Map<string, Instance>>;
-  /** service -> index of its last change */
+  /** service -> index of its last change; kept after the last instance goes, for watchers. */
   readonly serviceIndex: Map<string, number>;
+  /** Index of the last change to any service: the list's index. */
+  servicesIndex: number;
+  selfPreservation: SelfPreservationMode;
   appliedIndex: number;
 }
 
 function emptyState(): RegistryState {
-  return { members: new Map(), services: new Map(), serviceIndex: new Map(), appliedIndex: 0 };
+  return {
+    members: new Map(),
+    services: new Map(),
+    serviceIndex: new Map(),
+    servicesIndex: 0,
+    selfPreservation: "auto",
+    appliedIndex: 0,
+  };
 }
 
 /** The state as plain data, in a stable order: the snapshot format and what the state hash covers. */
@@ -69,6 +112,8 @@ interface StoredRegistry {
     readonly index: number;
     readonly instances: Instance[];
   }[];
+  readonly servicesIndex: number;
+  readonly selfPreservation: SelfPreservationMode;
   readonly appliedIndex: number;
 }
 
@@ -77,11 +122,13 @@ function toStored(state: RegistryState): StoredRegistry {
     [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return {
     members: byKey(state.members).map(([, member]) => member),
-    services: byKey(state.services).map(([name, instances]) => ({
+    services: byKey(state.serviceIndex).map(([name, index]) => ({
       name,
-      index: state.serviceIndex.get(name) ?? 0,
-      instances: byKey(instances).map(([, instance]) => instance),
+      index,
+      instances: byKey(state.services.get(name) ?? new Map()).map(([, instance]) => instance),
     })),
+    servicesIndex: state.servicesIndex,
+    selfPreservation: state.selfPreservation,
     appliedIndex: state.appliedIndex,
   };
 }
@@ -90,12 +137,16 @@ function fromStored(stored: StoredRegistry): RegistryState {
   const state = emptyState();
   for (const member of stored.members) state.members.set(member.id, member);
   for (const service of stored.services) {
-    state.services.set(
-      service.name,
-      new Map(service.instances.map((instance) => [instance.id, instance])),
-    );
+    if (service.instances.length > 0) {
+      state.services.set(
+        service.name,
+        new Map(service.instances.map((instance) => [instance.id, instance])),
+      );
+    }
     state.serviceIndex.set(service.name, service.index);
   }
+  state.servicesIndex = stored.servicesIndex;
+  state.selfPreservation = stored.selfPreservation;
   state.appliedIndex = stored.appliedIndex;
   return state;
 }
@@ -124,42 +175,130 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         this.state.members.set(command.member.id, command.member);
         this.notify(null, index);
         return { ok: true };
-      case "register": {
-        const { instance, now } = command;
-        const instances = this.state.services.get(instance.service) ?? new Map<string, Instance>();
-        const previous = instances.get(instance.id);
-        const stored: Instance = {
-          ...instance,
-          registeredAt: previous?.registeredAt ?? now,
-          lastHeartbeatAt: now,
-          createIndex: previous?.createIndex ?? index,
-          modifyIndex: index,
-        };
-        instances.set(instance.id, stored);
-        this.state.services.set(instance.service, instances);
-        this.state.serviceIndex.set(instance.service, index);
-        this.notify(instance.service, index);
-        return { ok: true, instance: stored };
-      }
+      case "register":
+        return this.register(command.instance, command.now, index);
       case "deregister": {
-        const instances = this.state.services.get(command.service);
-        if (instances?.delete(command.id) !== true) {
-          return {
-            ok: false,
-            code: "not-found",
-            message: `no instance ${command.id} of service ${command.service}`,
-          };
-        }
-        if (instances.size === 0) {
-          this.state.services.delete(command.service);
-          this.state.serviceIndex.delete(command.service);
-        } else {
-          this.state.serviceIndex.set(command.service, index);
-        }
-        this.notify(command.service, index);
+        if (!this.remove(command, index)) return notFound(command);
         return { ok: true };
       }
+      case "set-status": {
+        const instance = this.find(command);
+        if (instance === undefined) return notFound(command);
+        const updated = this.update(
+          instance,
+          {
+            status: command.status,
+            output: command.output,
+            expiredAt: null,
+            ttlRemainingMs: instance.ttlMs,
+            lastHeartbeatAt: command.now,
+          },
+          index,
+        );
+        return { ok: true, instance: updated };
+      }
+      case "expire": {
+        let changed = 0;
+        for (const ref of command.instances) {
+          const instance = this.find(ref);
+          if (instance === undefined || instance.expiredAt !== null) continue;
+          this.update(
+            instance,
+            { expiredAt: command.now, output: "TTL expired", ttlRemainingMs: 0 },
+            index,
+          );
+          changed++;
+        }
+        return { ok: true, changed };
+      }
+      case "evict": {
+        let changed = 0;
+        for (const ref of command.instances) {
+          // A heartbeat may have revived it since the leader decided.
+          if (this.find(ref)?.expiredAt == null) continue;
+          this.remove(ref, index);
+          changed++;
+        }
+        return { ok: true, changed };
+      }
+      case "checkpoint": {
+        // Only the lease bookkeeping changes: no watcher is woken and no index moves.
+        for (const ttl of command.ttls) {
+          const instance = this.find(ttl);
+          if (instance === undefined || instance.expiredAt !== null) continue;
+          this.put({
+            ...instance,
+            ttlRemainingMs: ttl.remainingMs,
+            lastHeartbeatAt: ttl.lastHeartbeatAt,
+          });
+        }
+        return { ok: true };
+      }
+      case "self-preservation":
+        this.state.selfPreservation = command.mode;
+        return { ok: true };
     }
+  }
+
+  private register(spec: InstanceSpec, now: number, index: number): RegistryResult {
+    const previous = this.find(spec);
+    const stored: Instance = {
+      ...spec,
+      effectiveStatus: spec.status,
+      output: "",
+      expiredAt: null,
+      ttlRemainingMs: spec.ttlMs,
+      registeredAt: previous?.registeredAt ?? now,
+      lastHeartbeatAt: now,
+      createIndex: previous?.createIndex ?? index,
+      modifyIndex: index,
+    };
+    this.put(stored);
+    this.touch(spec.service, index);
+    return { ok: true, instance: stored };
+  }
+
+  private update(
+    instance: Instance,
+    change: Partial<
+      Pick<Instance, "status" | "output" | "expiredAt" | "ttlRemainingMs" | "lastHeartbeatAt">
+    >,
+    index: number,
+  ): Instance {
+    const merged = { ...instance, ...change, modifyIndex: index };
+    const updated: Instance = {
+      ...merged,
+      effectiveStatus: merged.expiredAt === null ? merged.status : "critical",
+      ttlRemainingMs: merged.expiredAt === null ? merged.ttlRemainingMs : 0,
+    };
+    this.put(updated);
+    this.touch(instance.service, index);
+    return updated;
+  }
+
+  private find(ref: InstanceRef): Instance | undefined {
+    return this.state.services.get(ref.service)?.get(ref.id);
+  }
+
+  private put(instance: Instance): void {
+    const instances = this.state.services.get(instance.service) ?? new Map<string, Instance>();
+    instances.set(instance.id, instance);
+    this.state.services.set(instance.service, instances);
+  }
+
+  private remove(ref: InstanceRef, index: number): boolean {
+    const instances = this.state.services.get(ref.service);
+    if (instances?.delete(ref.id) !== true) return false;
+    if (instances.size === 0) this.state.services.delete(ref.service);
+    this.touch(ref.service, index);
+    return true;
+  }
+
+  /** Every change to a service also changes the list of services (its counts at least). */
+  private touch(service: string, index: number): void {
+    this.state.serviceIndex.set(service, index);
+    this.state.servicesIndex = index;
+    this.notify(service, index);
   }
 
   snapshot(): Uint8Array {
@@ -194,13 +333,30 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     return this.state.members.get(id);
   }
 
-  instances(service: string): { index: number; instances: Instance[] } | null {
-    const instances = this.state.services.get(service);
-    if (instances === undefined) return null;
+  /** The service's instances by id, and the index of its last change (0: never seen). */
+  instances(service: string): { index: number; instances: Instance[] } {
+    const instances = this.state.services.get(service) ?? new Map<string, Instance>();
     return {
       index: this.state.serviceIndex.get(service) ?? 0,
       instances: [...instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
     };
+  }
+
+  instance(ref: InstanceRef): Instance | undefined {
+    return this.find(ref);
+  }
+
+  /** Every instance, for the lessor. */
+  allInstances(): Instance[] {
+    return [...this.state.services.values()].flatMap((instances) => [...instances.values()]);
+  }
+
+  get servicesIndex(): number {
+    return this.state.servicesIndex;
+  }
+
+  get selfPreservationMode(): SelfPreservationMode {
+    return this.state.selfPreservation;
   }
 
   services(): { name: string; instances: number; passing: number; tags: string[] }[] {
@@ -210,11 +366,11 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         return {
           name,
           instances: all.length,
-          passing: all.filter((i) => i.status === "passing" || i.status === "warning").length,
+          passing: all.filter((i) => isHealthy(i.effectiveStatus)).length,
           tags: [...new Set(all.flatMap((i) => i.tags))].sort(),
         };
       })
-      .sort((a, b) => a.name.localeCompare(b.name));
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** Called after each change with the service changed (null: the member list). */
@@ -226,4 +382,17 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private notify(service: string | null, index: number): void {
     for (const listener of this.listeners) listener(service, index);
   }
+}
+
+/** Healthy lookups and DNS serve passing and warning instances. */
+export function isHealthy(status: InstanceStatus): boolean {
+  return status === "passing" || status === "warning";
+}
+
+function notFound(ref: InstanceRef): RegistryResult {
+  return {
+    ok: false,
+    code: "not-found",
+    message: `no instance ${ref.id} of service ${ref.service}`,
+  };
 }

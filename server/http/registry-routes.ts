@@ -1,0 +1,230 @@
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { Agent, Consistency } from "../agent.js";
+import { parseDuration } from "../config.js";
+import { MusterError } from "../errors.js";
+import { type Instance, isHealthy } from "../fsm/registry.js";
+import {
+  formatDuration,
+  HeartbeatBody,
+  InstanceParams,
+  ReadQuery,
+  RegisterBody,
+  ServiceParams,
+  ServiceQuery,
+  WatchQuery,
+} from "./schemas.js";
+
+const defaultTtlMs = 10_000;
+const maxTtlMs = 24 * 3_600_000;
+const defaultWaitMs = 5 * 60_000;
+const maxWaitMs = 10 * 60_000;
+/** SSE comment lines keep proxies from closing an idle stream. */
+const sseKeepAliveMs = 15_000;
+
+/** An instance as the API shows it. */
+export function instanceView(instance: Instance) {
+  return {
+    id: instance.id,
+    service: instance.service,
+    address: instance.address,
+    port: instance.port,
+    tags: instance.tags,
+    meta: instance.meta,
+    weight: instance.weight,
+    version: instance.version,
+    status: instance.effectiveStatus,
+    ...(instance.output === "" ? {} : { output: instance.output }),
+    ttl: formatDuration(instance.ttlMs),
+    registeredAt: new Date(instance.registeredAt).toISOString(),
+    lastHeartbeatAt: new Date(instance.lastHeartbeatAt).toISOString(),
+    createIndex: instance.createIndex,
+    modifyIndex: instance.modifyIndex,
+  };
+}
+
+interface Filter {
+  readonly healthy?: boolean;
+  readonly tag?: readonly string[];
+}
+
+function serviceView(agent: Agent, service: string, filter: Filter) {
+  const { index, instances } = agent.fsm.instances(service);
+  const tags = filter.tag ?? [];
+  const shown = instances.filter(
+    (instance) =>
+      (filter.healthy !== true || isHealthy(instance.effectiveStatus)) &&
+      tags.every((tag) => instance.tags.includes(tag)),
+  );
+  return {
+    index,
+    exists: instances.length > 0,
+    body: { service, index, instances: shown.map(instanceView) },
+  };
+}
+
+/** Aborts when the wait ends or the client goes away. */
+function waitSignal(request: FastifyRequest, waitMs: number): AbortSignal {
+  const gone = new AbortController();
+  request.raw.once("close", () => gone.abort());
+  return AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
+}
+
+/**
+ * A read in the requested consistency mode; with `index`, a blocking query that answers
+ * once the watched index passes it or the wait ends.
+ */
+async function blockingRead<T extends { index: number }>(
+  agent: Agent,
+  request: FastifyRequest,
+  query: { consistency?: Consistency; index?: number; wait?: string },
+  service: string | null,
+  read: () => T,
+): Promise<T> {
+  await agent.read(query.consistency ?? "default");
+  let current = read();
+  if (query.index === undefined || current.index > query.index) return current;
+  const waitMs = Math.min(
+    query.wait === undefined ? defaultWaitMs : parseDuration(query.wait),
+    maxWaitMs,
+  );
+  const signal = waitSignal(request, waitMs);
+  while (current.index <= query.index && !signal.aborted) {
+    await agent.watches.next(service, signal);
+    current = read();
+  }
+  return current;
+}
+
+function sendService(reply: FastifyReply, view: ReturnType<typeof serviceView>, service: string) {
+  reply.header("X-Muster-Index", String(view.index));
+  if (!view.exists)
+    throw new MusterError("MUSTER_ERR_NOT_FOUND", `no instances of service ${service}`);
+  return view.body;
+}
+
+export function registryRoutes(agent: Agent) {
+  return async (scope: FastifyInstance) => {
+    const app = scope.withTypeProvider<TypeBoxTypeProvider>();
+
+    app.put(
+      "/v1/services/:service/instances/:id",
+      { schema: { params: InstanceParams, body: RegisterBody } },
+      async (request, reply) => {
+        const { service, id } = request.params;
+        const body = request.body;
+        const ttlMs = body.ttl === undefined ? defaultTtlMs : parseDuration(body.ttl);
+        if (ttlMs < agent.minTtlMs || ttlMs > maxTtlMs) {
+          throw new MusterError(
+            "MUSTER_ERR_BAD_REQUEST",
+            `ttl must be between ${formatDuration(agent.minTtlMs)} and 24h`,
+            "ttl",
+          );
+        }
+        return agent.write(
+          request,
+          reply,
+          {
+            op: "register",
+            now: Date.now(),
+            instance: {
+              id,
+              service,
+              address: body.address,
+              port: body.port,
+              tags: [...new Set(body.tags ?? [])],
+              meta: body.meta ?? {},
+              weight: body.weight ?? 100,
+              version: body.version ?? "",
+              status: body.status ?? "passing",
+              ttlMs,
+            },
+          },
+          (result) => (result.instance === undefined ? {} : instanceView(result.instance)),
+        );
+      },
+    );
+
+    app.delete(
+      "/v1/services/:service/instances/:id",
+      { schema: { params: InstanceParams } },
+      async (request, reply) => {
+        const { service, id } = request.params;
+        return agent.write(request, reply, { op: "deregister", service, id }, () => ({
+          service,
+          id,
+          deregistered: true,
+        }));
+      },
+    );
+
+    app.put(
+      "/v1/services/:service/instances/:id/heartbeat",
+      { schema: { params: InstanceParams, body: HeartbeatBody } },
+      async (request, reply) =>
+        agent.heartbeat(
+          request,
+          reply,
+          request.params,
+          request.body?.status,
+          request.body?.output ?? "",
+        ),
+    );
+
+    app.get("/v1/services", { schema: { querystring: ReadQuery } }, async (request, reply) => {
+      const view = await blockingRead(agent, request, request.query, null, () => ({
+        index: agent.fsm.servicesIndex,
+        services: agent.fsm.services(),
+      }));
+      reply.header("X-Muster-Index", String(view.index));
+      return view;
+    });
+
+    app.get(
+      "/v1/services/:service",
+      { schema: { params: ServiceParams, querystring: ServiceQuery } },
+      async (request, reply) => {
+        const { service } = request.params;
+        const view = await blockingRead(agent, request, request.query, service, () =>
+          serviceView(agent, service, request.query),
+        );
+        return sendService(reply, view, service);
+      },
+    );
+
+    app.get(
+      "/v1/watch/services/:service",
+      { schema: { params: ServiceParams, querystring: WatchQuery } },
+      async (request, reply) => {
+        const { service } = request.params;
+        const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
+        const gone = new AbortController();
+        request.raw.once("close", () => gone.abort());
+        reply.hijack();
+        reply.raw.writeHead(200, {
+          "content-type": "text/event-stream",
+          "cache-control": "no-cache",
+          connection: "keep-alive",
+          ...agent.stalenessHeaders(),
+        });
+        const keepAlive = setInterval(() => reply.raw.write(":\n\n"), sseKeepAliveMs);
+        let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
+        try {
+          while (!gone.signal.aborted) {
+            const view = serviceView(agent, service, request.query);
+            if (view.index > sent) {
+              sent = view.index;
+              reply.raw.write(
+                `id: ${view.index}\nevent: instances\ndata: ${JSON.stringify(view.body)}\n\n`,
+              );
+            }
+            await agent.watches.next(service, gone.signal);
+          }
+        } finally {
+          clearInterval(keepAlive);
+          reply.raw.end();
+        }
+      },
+    );
+  };
+}

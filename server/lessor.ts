@@ -1,0 +1,268 @@
+import type {
+  Instance,
+  InstanceRef,
+  InstanceStatus,
+  RegistryCommand,
+  RegistryStateMachine,
+} from "./fsm/registry.js";
+
+export interface LessorOptions {
+  /** Added once to every countdown a new leader resumes: time for clients to find it. */
+  readonly graceMs: number;
+  readonly checkpointIntervalMs: number;
+  readonly deregisterAfterMs: number;
+  /** Share of instances at risk above which evictions stop. */
+  readonly selfPreservationThreshold: number;
+  /** Below this many instances self-preservation never engages. */
+  readonly selfPreservationMinInstances: number;
+  /** Monotonic milliseconds, for countdowns. */
+  readonly now: () => number;
+  /** Wall-clock milliseconds, carried in commands. */
+  readonly wallClock: () => number;
+  readonly propose: (command: RegistryCommand) => Promise<unknown>;
+  readonly onSelfPreservation: (engaged: boolean, atRisk: number, total: number) => void;
+  readonly onEvicted: (count: number) => void;
+}
+
+interface Lease {
+  /** Monotonic time at which the TTL runs out. */
+  expiresAt: number;
+  /** A new leader waits at least until here before it expires anything. */
+  graceUntil: number;
+  renewedAt: number;
+  lastHeartbeatWall: number;
+  /** When this leader proposed to expire it: a renewal after that revives the instance. */
+  expireProposedAt: number | null;
+}
+
+export interface HeartbeatOutcome {
+  readonly found: boolean;
+  /** A status change (or revival) to commit before answering. */
+  readonly command?: RegistryCommand;
+}
+
+export interface SelfPreservationState {
+  readonly mode: "auto" | "on" | "off";
+  readonly engaged: boolean;
+  readonly atRisk: number;
+  readonly total: number;
+}
+
+function keyOf(ref: InstanceRef): string {
+  return `${ref.service}\u0000${ref.id}`;
+}
+
+/**
+ * The leader's TTL bookkeeping. Heartbeats renew leases in memory; only what changes the
+ * registry (a TTL running out, a status change, a removal) and a periodic checkpoint of
+ * the remaining TTLs go through Raft, batched.
+ */
+export class Lessor {
+  private leases = new Map<string, Lease>();
+  private leading = false;
+  private lastCheckpoint = 0;
+  private inFlight = new Set<"expire" | "evict" | "checkpoint" | "revive">();
+  private engaged = false;
+  private atRisk = 0;
+  private total = 0;
+
+  constructor(
+    private readonly fsm: RegistryStateMachine,
+    private readonly options: LessorOptions,
+  ) {}
+
+  get isLeading(): boolean {
+    return this.leading;
+  }
+
+  /** Resume every countdown from the last checkpoint, plus the grace. */
+  becomeLeader(): void {
+    const now = this.options.now();
+    this.leading = true;
+    this.leases.clear();
+    this.lastCheckpoint = now;
+    for (const instance of this.fsm.allInstances()) {
+      if (instance.expiredAt === null)
+        this.leases.set(keyOf(instance), this.resumed(instance, now));
+    }
+  }
+
+  stepDown(): void {
+    this.leading = false;
+    this.leases.clear();
+  }
+
+  private resumed(instance: Instance, now: number): Lease {
+    return {
+      expiresAt: now + instance.ttlRemainingMs,
+      graceUntil: now + this.options.graceMs,
+      renewedAt: now,
+      lastHeartbeatWall: instance.lastHeartbeatAt,
+      expireProposedAt: null,
+    };
+  }
+
+  /** A registration committed: its lease starts over. */
+  registered(ref: InstanceRef): void {
+    const instance = this.fsm.instance(ref);
+    if (!this.leading || instance === undefined) return;
+    this.leases.set(keyOf(ref), this.fresh(instance));
+  }
+
+  private fresh(instance: Instance): Lease {
+    const now = this.options.now();
+    return {
+      expiresAt: now + instance.ttlMs,
+      graceUntil: now,
+      renewedAt: now,
+      lastHeartbeatWall: this.options.wallClock(),
+      expireProposedAt: this.leases.get(keyOf(instance))?.expireProposedAt ?? null,
+    };
+  }
+
+  /** Renew a lease; returns the command to commit when the registry must change too. */
+  heartbeat(
+    ref: InstanceRef,
+    status: InstanceStatus | undefined,
+    output: string,
+  ): HeartbeatOutcome {
+    const instance = this.fsm.instance(ref);
+    if (instance === undefined) return { found: false };
+    const lease = this.fresh(instance);
+    // This heartbeat commits the revival itself.
+    if (instance.expiredAt !== null) lease.expireProposedAt = null;
+    this.leases.set(keyOf(ref), lease);
+    const reported = status ?? instance.status;
+    if (instance.expiredAt === null && reported === instance.status) return { found: true };
+    return {
+      found: true,
+      command: {
+        op: "set-status",
+        service: ref.service,
+        id: ref.id,
+        status: reported,
+        output,
+        now: this.options.wallClock(),
+      },
+    };
+  }
+
+  selfPreservation(): SelfPreservationState {
+    return {
+      mode: this.fsm.selfPreservationMode,
+      engaged: this.evictionsStopped(),
+      atRisk: this.atRisk,
+      total: this.total,
+    };
+  }
+
+  private evictionsStopped(): boolean {
+    const mode = this.fsm.selfPreservationMode;
+    return mode === "on" || (mode === "auto" && this.engaged);
+  }
+
+  /** Called on a timer on the leader: expire, evict, revive and checkpoint as due. */
+  tick(): void {
+    if (!this.leading) return;
+    const now = this.options.now();
+    const wall = this.options.wallClock();
+    const instances = this.fsm.allInstances();
+    const expire: InstanceRef[] = [];
+    const evict: InstanceRef[] = [];
+    const revive: RegistryCommand[] = [];
+    let atRisk = 0;
+    const seen = new Set<string>();
+    for (const instance of instances) {
+      const key = keyOf(instance);
+      seen.add(key);
+      let lease = this.leases.get(key);
+      if (instance.expiredAt !== null) {
+        const proposedAt = lease?.expireProposedAt ?? null;
+        if (lease !== undefined && proposedAt !== null && lease.renewedAt > proposedAt) {
+          // A heartbeat arrived while the expiry was being committed.
+          lease.expireProposedAt = null;
+          revive.push({
+            op: "set-status",
+            service: instance.service,
+            id: instance.id,
+            status: instance.status,
+            output: "",
+            now: wall,
+          });
+          continue;
+        }
+        if (lease !== undefined && lease.expireProposedAt !== null) this.leases.delete(key);
+        if (wall - instance.expiredAt < instance.ttlMs) atRisk++;
+        if (wall - instance.expiredAt >= this.options.deregisterAfterMs) evict.push(instance);
+        continue;
+      }
+      if (lease === undefined) {
+        lease = this.resumed(instance, now);
+        this.leases.set(key, lease);
+      }
+      if (now - lease.renewedAt > instance.ttlMs / 2) atRisk++;
+      if (now >= lease.expiresAt && now >= lease.graceUntil) expire.push(instance);
+    }
+    for (const key of this.leases.keys()) if (!seen.has(key)) this.leases.delete(key);
+    this.updateSelfPreservation(atRisk, instances.length);
+    if (revive.length > 0) this.submit("revive", revive);
+    if (this.evictionsStopped()) return;
+    if (expire.length > 0 && !this.inFlight.has("expire")) {
+      for (const ref of expire) {
+        const lease = this.leases.get(keyOf(ref));
+        if (lease !== undefined) lease.expireProposedAt = now;
+      }
+      this.submit("expire", [{ op: "expire", instances: expire.map(refOf), now: wall }]);
+    }
+    if (evict.length > 0) this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
+    if (now - this.lastCheckpoint >= this.options.checkpointIntervalMs) {
+      this.lastCheckpoint = now;
+      this.checkpoint(now);
+    }
+  }
+
+  private checkpoint(now: number): void {
+    const ttls = [...this.leases].map(([key, lease]) => {
+      const [service, id] = key.split("\u0000") as [string, string];
+      return {
+        service,
+        id,
+        remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
+        lastHeartbeatAt: lease.lastHeartbeatWall,
+      };
+    });
+    if (ttls.length > 0) this.submit("checkpoint", [{ op: "checkpoint", ttls }]);
+  }
+
+  private updateSelfPreservation(atRisk: number, total: number): void {
+    this.atRisk = atRisk;
+    this.total = total;
+    const engaged =
+      total >= this.options.selfPreservationMinInstances &&
+      atRisk / total > this.options.selfPreservationThreshold;
+    if (engaged !== this.engaged) {
+      this.engaged = engaged;
+      this.options.onSelfPreservation(engaged, atRisk, total);
+    }
+  }
+
+  /** One batch of each kind in flight at a time; a failed one is simply retried next tick. */
+  private submit(kind: "expire" | "evict" | "checkpoint" | "revive", commands: RegistryCommand[]) {
+    if (this.inFlight.has(kind)) return;
+    this.inFlight.add(kind);
+    Promise.all(commands.map((command) => this.options.propose(command)))
+      .then((results) => {
+        if (kind !== "evict") return;
+        for (const result of results) {
+          const changed = (result as { changed?: number }).changed ?? 0;
+          if (changed > 0) this.options.onEvicted(changed);
+        }
+      })
+      .catch(() => undefined)
+      .finally(() => this.inFlight.delete(kind));
+  }
+}
+
+function refOf(instance: InstanceRef): InstanceRef {
+  return { service: instance.service, id: instance.id };
+}

@@ -1,0 +1,48 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** What the agent reports at /metrics, in one registry per agent. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests = new Histogram({
+    name: "muster_http_request_duration_seconds",
+    help: "HTTP requests by route, method and status",
+    labelNames: ["route", "method", "status"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+  readonly heartbeats = new Counter({
+    name: "muster_heartbeats_total",
+    help: "Heartbeats handled by this node as leader",
+    registers: [this.registry],
+  });
+  readonly evictions = new Counter({
+    name: "muster_evictions_total",
+    help: "Instances removed after staying critical for deregisterAfter",
+    registers: [this.registry],
+  });
+  readonly selfPreservation = new Gauge({
+    name: "muster_self_preservation_engaged",
+    help: "1 while the leader has stopped evicting because too many instances are at risk",
+    registers: [this.registry],
+  });
+
+  constructor(
+    raft: () => { term: number; commit: number; applied: number; leader: boolean },
+    watchers: () => number,
+  ) {
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge("muster_raft_term", "Current Raft term", () => raft().term);
+    gauge("muster_raft_commit_index", "Raft commit index", () => raft().commit);
+    gauge("muster_raft_applied_index", "Index applied to the registry", () => raft().applied);
+    gauge("muster_raft_is_leader", "1 on the leader", () => (raft().leader ? 1 : 0));
+    gauge("muster_watchers", "Blocking queries and watch streams waiting", watchers);
+  }
+}
