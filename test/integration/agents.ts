@@ -83,13 +83,16 @@ export class AgentCluster {
     private readonly timingArgs: readonly string[],
   ) {}
 
-  /** `defaultTimings`: run with the product's default heartbeat and election timeout. */
-  static async create(options: { defaultTimings?: boolean } = {}): Promise<AgentCluster> {
+  /**
+   * `defaultTimings`: run with the product's default heartbeat and election timeout;
+   * `args`: more flags for every agent.
+   */
+  static async create(
+    options: { defaultTimings?: boolean; args?: readonly string[] } = {},
+  ): Promise<AgentCluster> {
     const root = await mkdtemp(join(tmpdir(), "muster-cluster-"));
-    return new AgentCluster(
-      root,
-      options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs,
-    );
+    const timings = options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs;
+    return new AgentCluster(root, [...timings, ...(options.args ?? [])]);
   }
 
   async define(id: string): Promise<AgentProcess> {
