@@ -67,8 +67,8 @@ export class Agent {
       () => this.watches.size,
     );
     this.lessor = new Lessor(this.fsm, {
-      // The longest a follower waits before it campaigns: time for clients to find the new leader.
-      graceMs: 2 * config.electionTimeoutMs,
+      // Election timeouts are randomized up to twice the configured one.
+      graceMs: config.ttlCheckpointIntervalMs + 2 * config.electionTimeoutMs,
       checkpointIntervalMs: config.ttlCheckpointIntervalMs,
       deregisterAfterMs: config.deregisterAfterMs,
       selfPreservationThreshold: config.selfPreservationThreshold,

@@ -7,7 +7,10 @@ import type {
 } from "./fsm/registry.js";
 
 export interface LessorOptions {
-  /** Added once to every countdown a new leader resumes: time for clients to find it. */
+  /**
+   * A new leader expires nothing for this long: time for every live instance to find it
+   * and heartbeat (at least a checkpoint interval plus an election timeout).
+   */
   readonly graceMs: number;
   readonly checkpointIntervalMs: number;
   readonly deregisterAfterMs: number;
@@ -25,7 +28,7 @@ export interface LessorOptions {
 }
 
 interface Lease {
-  /** Monotonic time at which the TTL runs out. */
+  /** Monotonic time at which the TTL runs out; never moved later by a change of leader. */
   expiresAt: number;
   /** A new leader waits at least until here before it expires anything. */
   graceUntil: number;
@@ -65,6 +68,8 @@ export class Lessor {
   private engaged = false;
   private atRisk = 0;
   private total = 0;
+  /** The last checkpoint this node applied, and when (monotonic). */
+  private checkpointSeen = { index: 0, at: 0 };
 
   constructor(
     private readonly fsm: RegistryStateMachine,
@@ -75,9 +80,10 @@ export class Lessor {
     return this.leading;
   }
 
-  /** Resume every countdown from the last checkpoint, plus the grace. */
+  /** Resume every countdown from the last checkpoint, less the time since it applied here. */
   becomeLeader(): void {
     const now = this.options.now();
+    this.observeCheckpoint(now);
     this.leading = true;
     this.leases.clear();
     this.lastCheckpoint = now;
@@ -93,8 +99,9 @@ export class Lessor {
   }
 
   private resumed(instance: Instance, now: number): Lease {
+    const sinceCheckpoint = this.checkpointSeen.index === 0 ? 0 : now - this.checkpointSeen.at;
     return {
-      expiresAt: now + instance.ttlRemainingMs,
+      expiresAt: now + Math.max(0, instance.ttlRemainingMs - sinceCheckpoint),
       graceUntil: now + this.options.graceMs,
       renewedAt: now,
       lastHeartbeatWall: instance.lastHeartbeatAt,
@@ -163,8 +170,9 @@ export class Lessor {
 
   /** Called on a timer on the leader: expire, evict, revive and checkpoint as due. */
   tick(): void {
-    if (!this.leading) return;
     const now = this.options.now();
+    this.observeCheckpoint(now);
+    if (!this.leading) return;
     const wall = this.options.wallClock();
     const instances = this.fsm.allInstances();
     const expire: InstanceRef[] = [];
@@ -219,6 +227,12 @@ export class Lessor {
       this.lastCheckpoint = now;
       this.checkpoint(now);
     }
+  }
+
+  /** Followers note when each checkpoint reached them, to resume countdowns from there. */
+  private observeCheckpoint(now: number): void {
+    const index = this.fsm.checkpointIndex;
+    if (index !== this.checkpointSeen.index) this.checkpointSeen = { index, at: now };
   }
 
   private checkpoint(now: number): void {

@@ -90,6 +90,8 @@ interface RegistryState {
   /** Index of the last change to any service: the list's index. */
   servicesIndex: number;
   selfPreservation: SelfPreservationMode;
+  /** Index of the last TTL checkpoint applied. */
+  checkpointIndex: number;
   appliedIndex: number;
 }
 
@@ -100,6 +102,7 @@ function emptyState(): RegistryState {
     serviceIndex: new Map(),
     servicesIndex: 0,
     selfPreservation: "auto",
+    checkpointIndex: 0,
     appliedIndex: 0,
   };
 }
@@ -114,6 +117,7 @@ interface StoredRegistry {
   }[];
   readonly servicesIndex: number;
   readonly selfPreservation: SelfPreservationMode;
+  readonly checkpointIndex: number;
   readonly appliedIndex: number;
 }
 
@@ -129,6 +133,7 @@ function toStored(state: RegistryState): StoredRegistry {
     })),
     servicesIndex: state.servicesIndex,
     selfPreservation: state.selfPreservation,
+    checkpointIndex: state.checkpointIndex,
     appliedIndex: state.appliedIndex,
   };
 }
@@ -147,6 +152,7 @@ function fromStored(stored: StoredRegistry): RegistryState {
   }
   state.servicesIndex = stored.servicesIndex;
   state.selfPreservation = stored.selfPreservation;
+  state.checkpointIndex = stored.checkpointIndex;
   state.appliedIndex = stored.appliedIndex;
   return state;
 }
@@ -222,7 +228,8 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         return { ok: true, changed };
       }
       case "checkpoint": {
-        // Only the lease bookkeeping changes: no watcher is woken and no index moves.
+        // Only the lease bookkeeping changes: no watcher is woken and no service index moves.
+        this.state.checkpointIndex = index;
         for (const ttl of command.ttls) {
           const instance = this.find(ttl);
           if (instance === undefined || instance.expiredAt !== null) continue;
@@ -353,6 +360,10 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
 
   get servicesIndex(): number {
     return this.state.servicesIndex;
+  }
+
+  get checkpointIndex(): number {
+    return this.state.checkpointIndex;
   }
 
   get selfPreservationMode(): SelfPreservationMode {

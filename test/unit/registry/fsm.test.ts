@@ -1,0 +1,114 @@
+import { describe, expect, it } from "vitest";
+import { RegistryStateMachine } from "../../../server/fsm/registry.js";
+import { Log, spec } from "./registry-log.js";
+
+describe("registry state machine", () => {
+  it("keeps createIndex and registeredAt when an instance registers again", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: spec("web", "a"), now: 1000 });
+    log.apply({ op: "register", instance: { ...spec("web", "a"), port: 81 }, now: 2000 });
+    const instance = log.fsm.instance({ service: "web", id: "a" });
+    expect(instance).toMatchObject({
+      port: 81,
+      createIndex: 1,
+      modifyIndex: 2,
+      registeredAt: 1000,
+      lastHeartbeatAt: 2000,
+    });
+    expect(log.fsm.instances("web").index).toBe(2);
+  });
+
+  it("an expired TTL shows as critical but keeps the reported status, and a heartbeat revives it", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: { ...spec("web", "a"), status: "warning" }, now: 0 });
+    log.apply({ op: "expire", instances: [{ service: "web", id: "a" }], now: 10_000 });
+    expect(log.fsm.instance({ service: "web", id: "a" })).toMatchObject({
+      status: "warning",
+      effectiveStatus: "critical",
+      expiredAt: 10_000,
+      output: "TTL expired",
+    });
+    log.apply({
+      op: "set-status",
+      service: "web",
+      id: "a",
+      status: "warning",
+      output: "",
+      now: 11_000,
+    });
+    expect(log.fsm.instance({ service: "web", id: "a" })).toMatchObject({
+      effectiveStatus: "warning",
+      expiredAt: null,
+      lastHeartbeatAt: 11_000,
+    });
+  });
+
+  it("evicts only instances still expired when the entry applies", () => {
+    const log = new Log();
+    for (const id of ["a", "b"]) log.apply({ op: "register", instance: spec("web", id), now: 0 });
+    const both = [
+      { service: "web", id: "a" },
+      { service: "web", id: "b" },
+    ];
+    log.apply({ op: "expire", instances: both, now: 1 });
+    log.apply({ op: "set-status", service: "web", id: "b", status: "passing", output: "", now: 2 });
+    expect(log.apply({ op: "evict", instances: both })).toEqual({ ok: true, changed: 1 });
+    expect(log.fsm.instances("web").instances.map((i) => i.id)).toEqual(["b"]);
+  });
+
+  it("a checkpoint records remaining TTLs without waking watchers or moving the service index", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: spec("web", "a"), now: 0 });
+    const woken: (string | null)[] = [];
+    log.fsm.onChange((service) => woken.push(service));
+    log.apply({
+      op: "checkpoint",
+      ttls: [{ service: "web", id: "a", remainingMs: 4000, lastHeartbeatAt: 7 }],
+    });
+    expect(woken).toEqual([]);
+    expect(log.fsm.instances("web").index).toBe(1);
+    expect(log.fsm.instance({ service: "web", id: "a" })).toMatchObject({
+      ttlRemainingMs: 4000,
+      lastHeartbeatAt: 7,
+    });
+  });
+
+  it("tells listeners which service changed", () => {
+    const log = new Log();
+    const woken: (string | null)[] = [];
+    log.fsm.onChange((service) => woken.push(service));
+    log.apply({ op: "register", instance: spec("web", "a"), now: 0 });
+    log.apply({ op: "register", instance: spec("db", "a"), now: 0 });
+    log.apply({ op: "deregister", service: "web", id: "a" });
+    expect(woken).toEqual(["web", "db", "web"]);
+  });
+
+  it("answers not-found for an unknown instance and changes nothing", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: spec("web", "a"), now: 0 });
+    const before = { web: log.fsm.instances("web"), list: log.fsm.services() };
+    const missing = { service: "web", id: "zz" };
+    expect(log.apply({ op: "deregister", ...missing })).toMatchObject({
+      ok: false,
+      code: "not-found",
+    });
+    expect(
+      log.apply({ op: "set-status", ...missing, status: "critical", output: "", now: 1 }),
+    ).toMatchObject({ ok: false, code: "not-found" });
+    expect({ web: log.fsm.instances("web"), list: log.fsm.services() }).toEqual(before);
+  });
+
+  it("a snapshot restores the same state, including a removed service's index and the mode", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: spec("web", "a"), now: 0 });
+    log.apply({ op: "register", instance: spec("db", "a"), now: 0 });
+    log.apply({ op: "deregister", service: "db", id: "a" });
+    log.apply({ op: "self-preservation", mode: "off" });
+    const copy = new RegistryStateMachine();
+    copy.restore(log.fsm.snapshot());
+    expect(copy.stateHash()).toEqual(log.fsm.stateHash());
+    expect(copy.instances("db")).toEqual({ index: 3, instances: [] });
+    expect(copy.selfPreservationMode).toBe("off");
+    expect(copy.services().map((s) => s.name)).toEqual(["web"]);
+  });
+});

@@ -1,0 +1,231 @@
+import { describe, expect, it } from "vitest";
+import type { InstanceRef, RegistryCommand } from "../../../server/fsm/registry.js";
+import { Lessor, type LessorOptions } from "../../../server/lessor.js";
+import { Log, spec } from "./registry-log.js";
+
+const ttlMs = 10_000;
+const checkpointIntervalMs = 2000;
+/** A checkpoint interval plus an election timeout. */
+const graceMs = checkpointIntervalMs + 1000;
+const deregisterAfterMs = 30_000;
+const tickMs = 100;
+
+/** A leader's lessor over a registry, with a hand-driven clock; proposals apply at once. */
+class Bench {
+  readonly log = new Log();
+  now = 0;
+  readonly proposed: RegistryCommand[] = [];
+  readonly preservation: boolean[] = [];
+  readonly lessor: Lessor;
+
+  constructor(overrides: Partial<LessorOptions> = {}) {
+    this.lessor = this.newLessor(overrides);
+  }
+
+  newLessor(overrides: Partial<LessorOptions> = {}): Lessor {
+    return new Lessor(this.log.fsm, {
+      graceMs,
+      checkpointIntervalMs,
+      deregisterAfterMs,
+      selfPreservationThreshold: 0.5,
+      selfPreservationMinInstances: 10,
+      now: () => this.now,
+      wallClock: () => 1_000_000 + this.now,
+      propose: async (command) => {
+        this.proposed.push(command);
+        return this.log.apply(command);
+      },
+      onSelfPreservation: (engaged) => this.preservation.push(engaged),
+      onEvicted: () => undefined,
+      ...overrides,
+    });
+  }
+
+  register(lessor: Lessor, service: string, id: string): InstanceRef {
+    this.log.apply({ op: "register", instance: spec(service, id, ttlMs), now: this.now });
+    lessor.registered({ service, id });
+    return { service, id };
+  }
+
+  /** Let time pass in ticks, heartbeating `alive` every second. */
+  async run(lessor: Lessor, ms: number, alive: readonly InstanceRef[] = []): Promise<void> {
+    for (let elapsed = 0; elapsed < ms; elapsed += tickMs) {
+      this.now += tickMs;
+      if (this.now % 1000 === 0) for (const ref of alive) this.heartbeat(lessor, ref);
+      lessor.tick();
+      // Let proposals settle, as committed entries would.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  heartbeat(lessor: Lessor, ref: InstanceRef): void {
+    const outcome = lessor.heartbeat(ref, undefined, "");
+    if (outcome.command !== undefined) {
+      this.proposed.push(outcome.command);
+      this.log.apply(outcome.command);
+    }
+  }
+
+  status(ref: InstanceRef) {
+    return this.log.fsm.instance(ref)?.effectiveStatus ?? "gone";
+  }
+
+  /** When (clock time) `ref` turns critical, running until `limit`. */
+  async criticalAt(lessor: Lessor, ref: InstanceRef, limit: number): Promise<number | null> {
+    while (this.now < limit) {
+      await this.run(lessor, tickMs);
+      if (this.status(ref) === "critical") return this.now;
+    }
+    return null;
+  }
+}
+
+describe("TTL lessor", () => {
+  it("keeps an instance that heartbeats, marks a silent one critical after its TTL and evicts it after deregisterAfter", async () => {
+    const bench = new Bench();
+    const lessor = bench.lessor;
+    lessor.becomeLeader();
+    const live = bench.register(lessor, "web", "live");
+    const silent = bench.register(lessor, "web", "silent");
+    await bench.run(lessor, ttlMs - tickMs, [live]);
+    expect(bench.status(silent)).toBe("passing");
+    await bench.run(lessor, 2 * tickMs, [live]);
+    expect(bench.status(silent)).toBe("critical");
+    await bench.run(lessor, deregisterAfterMs + 1000, [live]);
+    expect(bench.status(silent)).toBe("gone");
+    expect(bench.status(live)).toBe("passing");
+    // Expirations are batched: never one entry per heartbeat.
+    const kinds = bench.proposed.map((command) => command.op);
+    expect(kinds.filter((op) => op === "expire")).toHaveLength(1);
+    expect(kinds.filter((op) => op === "set-status")).toHaveLength(0);
+  });
+
+  it("a heartbeat after expiry revives the instance through one status change", async () => {
+    const bench = new Bench();
+    bench.lessor.becomeLeader();
+    const ref = bench.register(bench.lessor, "web", "a");
+    await bench.run(bench.lessor, ttlMs + 500);
+    expect(bench.status(ref)).toBe("critical");
+    bench.heartbeat(bench.lessor, ref);
+    expect(bench.status(ref)).toBe("passing");
+    await bench.run(bench.lessor, 2000, [ref]);
+    expect(bench.status(ref)).toBe("passing");
+  });
+
+  it("a heartbeat that races the expiry entry revives the instance once the expiry commits", async () => {
+    const bench = new Bench();
+    const held: { command: RegistryCommand; commit: () => void }[] = [];
+    const lessor = bench.newLessor({
+      propose: async (command) => {
+        if (command.op === "expire") {
+          // Committed only when the test says so.
+          return new Promise((resolve) =>
+            held.push({ command, commit: () => resolve(bench.log.apply(command)) }),
+          );
+        }
+        bench.proposed.push(command);
+        return bench.log.apply(command);
+      },
+    });
+    lessor.becomeLeader();
+    const ref = bench.register(lessor, "web", "a");
+    await bench.run(lessor, ttlMs + 200);
+    expect(held).toHaveLength(1);
+    bench.heartbeat(lessor, ref);
+    // The expiry decided before the heartbeat commits after it.
+    for (const { commit } of held) commit();
+    expect(bench.status(ref)).toBe("critical");
+    await bench.run(lessor, 3 * tickMs);
+    expect(bench.status(ref)).toBe("passing");
+  });
+
+  it("a new leader resumes a countdown from the last checkpoint, after a grace for live instances", async () => {
+    const bench = new Bench();
+    const first = bench.lessor;
+    first.becomeLeader();
+    const early = bench.register(first, "web", "early");
+    await bench.run(first, 4000);
+    const late = bench.register(first, "web", "late");
+    // Heartbeats stop; the checkpoint at 6 s records 4 s left for one and 8 s for the other.
+    await bench.run(first, 2000 + tickMs);
+    first.stepDown();
+    const second = bench.newLessor();
+    // The follower applied that checkpoint; 1.5 s later it wins the election.
+    second.tick();
+    await bench.run(second, 1500);
+    const promotedAt = bench.now;
+    second.becomeLeader();
+    const earlyAt = await bench.criticalAt(second, early, promotedAt + 2 * ttlMs);
+    const lateAt = await bench.criticalAt(second, late, promotedAt + 2 * ttlMs);
+    // 4 s left less 1.5 s is before the grace ends: the grace wins.
+    expect(earlyAt).toBe(promotedAt + graceMs);
+    // 8 s left less 1.6 s since the checkpoint: the countdown, not a fresh TTL.
+    expect((lateAt ?? 0) - promotedAt).toBeGreaterThanOrEqual(8000 - 1600 - tickMs);
+    expect((lateAt ?? 0) - promotedAt).toBeLessThanOrEqual(8000 - 1500 + tickMs);
+  });
+
+  it("leaders replaced one after another never keep a silent instance alive past TTL + grace", async () => {
+    const bench = new Bench();
+    let lessor = bench.lessor;
+    lessor.becomeLeader();
+    const ref = bench.register(lessor, "web", "silent");
+    const lastHeartbeat = bench.now;
+    // Each leader lives a little longer than the grace; an election then takes 1 s.
+    let critical: number | null = null;
+    for (let leaders = 1; critical === null && leaders < 20; leaders++) {
+      critical = await bench.criticalAt(lessor, ref, bench.now + graceMs + 1000);
+      if (critical !== null) break;
+      lessor.stepDown();
+      lessor = bench.newLessor();
+      lessor.tick();
+      await bench.run(lessor, 1000);
+      lessor.becomeLeader();
+    }
+    expect(critical).not.toBeNull();
+    expect((critical ?? 0) - lastHeartbeat).toBeLessThanOrEqual(ttlMs + graceMs + tickMs);
+  });
+
+  it("self-preservation stops expiry when most instances go silent at once, and releases when they return", async () => {
+    const bench = new Bench();
+    const lessor = bench.lessor;
+    lessor.becomeLeader();
+    const refs = Array.from({ length: 20 }, (_, i) => bench.register(lessor, "web", `i${i}`));
+    const steady = refs.slice(0, 6);
+    await bench.run(lessor, 2000, refs);
+    // 14 of 20 stop heartbeating.
+    await bench.run(lessor, 3 * ttlMs, steady);
+    expect(bench.preservation).toEqual([true]);
+    expect(lessor.selfPreservation()).toMatchObject({ engaged: true, total: 20, atRisk: 14 });
+    expect(refs.every((ref) => bench.status(ref) === "passing")).toBe(true);
+    expect(bench.proposed.some((command) => command.op === "expire")).toBe(false);
+    // They come back: released, nothing was evicted.
+    await bench.run(lessor, 2000, refs);
+    expect(bench.preservation).toEqual([true, false]);
+    expect(refs.every((ref) => bench.status(ref) === "passing")).toBe(true);
+  });
+
+  it("never engages below the minimum number of instances, and obeys the operator's override", async () => {
+    const small = new Bench();
+    small.lessor.becomeLeader();
+    const few = Array.from({ length: 5 }, (_, i) => small.register(small.lessor, "web", `i${i}`));
+    await small.run(small.lessor, ttlMs + 500);
+    expect(few.every((ref) => small.status(ref) === "critical")).toBe(true);
+
+    const forcedOff = new Bench();
+    forcedOff.log.apply({ op: "self-preservation", mode: "off" });
+    forcedOff.lessor.becomeLeader();
+    const many = Array.from({ length: 20 }, (_, i) =>
+      forcedOff.register(forcedOff.lessor, "web", `i${i}`),
+    );
+    await forcedOff.run(forcedOff.lessor, ttlMs + 500);
+    expect(many.every((ref) => forcedOff.status(ref) === "critical")).toBe(true);
+
+    const forcedOn = new Bench();
+    forcedOn.log.apply({ op: "self-preservation", mode: "on" });
+    forcedOn.lessor.becomeLeader();
+    const one = forcedOn.register(forcedOn.lessor, "web", "a");
+    await forcedOn.run(forcedOn.lessor, ttlMs + 500);
+    expect(forcedOn.status(one)).toBe("passing");
+    expect(forcedOn.lessor.selfPreservation()).toMatchObject({ mode: "on", engaged: true });
+  });
+});
