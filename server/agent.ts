@@ -394,8 +394,12 @@ export class Agent {
     try {
       const response = await fetch(`http://${leaderHttp}${request.url}`, {
         method: request.method,
-        headers: { "content-type": "application/json", [forwardedHeader]: "1" },
-        ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
+        ...(request.body === undefined
+          ? { headers: { [forwardedHeader]: "1" } }
+          : {
+              headers: { "content-type": "application/json", [forwardedHeader]: "1" },
+              body: JSON.stringify(request.body),
+            }),
         signal: AbortSignal.timeout(leaderWaitMs),
       });
       if (response.status === 503) return null;

@@ -68,22 +68,26 @@ export class Lessor {
   private engaged = false;
   private atRisk = 0;
   private total = 0;
-  /** The last checkpoint this node applied, and when (monotonic). */
-  private checkpointSeen = { index: 0, at: 0 };
+  /** When each countdown runs out, as seen from the entries this node applied (monotonic). */
+  private readonly observed = new Map<string, number>();
+  private lastPrune = 0;
 
   constructor(
     private readonly fsm: RegistryStateMachine,
     private readonly options: LessorOptions,
-  ) {}
+  ) {
+    fsm.onLease((instance) =>
+      this.observed.set(keyOf(instance), this.options.now() + instance.ttlRemainingMs),
+    );
+  }
 
   get isLeading(): boolean {
     return this.leading;
   }
 
-  /** Resume every countdown from the last checkpoint, less the time since it applied here. */
+  /** Resume every countdown from where the entries applied here left it. */
   becomeLeader(): void {
     const now = this.options.now();
-    this.observeCheckpoint(now);
     this.leading = true;
     this.leases.clear();
     this.lastCheckpoint = now;
@@ -99,9 +103,9 @@ export class Lessor {
   }
 
   private resumed(instance: Instance, now: number): Lease {
-    const sinceCheckpoint = this.checkpointSeen.index === 0 ? 0 : now - this.checkpointSeen.at;
+    // Restored from a snapshot, the countdown's start is unknown: count from now.
     return {
-      expiresAt: now + Math.max(0, instance.ttlRemainingMs - sinceCheckpoint),
+      expiresAt: this.observed.get(keyOf(instance)) ?? now + instance.ttlRemainingMs,
       graceUntil: now + this.options.graceMs,
       renewedAt: now,
       lastHeartbeatWall: instance.lastHeartbeatAt,
@@ -171,7 +175,13 @@ export class Lessor {
   /** Called on a timer on the leader: expire, evict, revive and checkpoint as due. */
   tick(): void {
     const now = this.options.now();
-    this.observeCheckpoint(now);
+    if (now - this.lastPrune >= this.options.checkpointIntervalMs) {
+      this.lastPrune = now;
+      for (const key of this.observed.keys()) {
+        const [service, id] = key.split("\u0000") as [string, string];
+        if (this.fsm.instance({ service, id }) === undefined) this.observed.delete(key);
+      }
+    }
     if (!this.leading) return;
     const wall = this.options.wallClock();
     const instances = this.fsm.allInstances();
@@ -227,12 +237,6 @@ export class Lessor {
       this.lastCheckpoint = now;
       this.checkpoint(now);
     }
-  }
-
-  /** Followers note when each checkpoint reached them, to resume countdowns from there. */
-  private observeCheckpoint(now: number): void {
-    const index = this.fsm.checkpointIndex;
-    if (index !== this.checkpointSeen.index) this.checkpointSeen = { index, at: now };
   }
 
   private checkpoint(now: number): void {

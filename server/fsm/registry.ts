@@ -90,8 +90,6 @@ interface RegistryState {
   /** Index of the last change to any service: the list's index. */
   servicesIndex: number;
   selfPreservation: SelfPreservationMode;
-  /** Index of the last TTL checkpoint applied. */
-  checkpointIndex: number;
   appliedIndex: number;
 }
 
@@ -102,7 +100,6 @@ function emptyState(): RegistryState {
     serviceIndex: new Map(),
     servicesIndex: 0,
     selfPreservation: "auto",
-    checkpointIndex: 0,
     appliedIndex: 0,
   };
 }
@@ -117,7 +114,6 @@ interface StoredRegistry {
   }[];
   readonly servicesIndex: number;
   readonly selfPreservation: SelfPreservationMode;
-  readonly checkpointIndex: number;
   readonly appliedIndex: number;
 }
 
@@ -133,7 +129,6 @@ function toStored(state: RegistryState): StoredRegistry {
     })),
     servicesIndex: state.servicesIndex,
     selfPreservation: state.selfPreservation,
-    checkpointIndex: state.checkpointIndex,
     appliedIndex: state.appliedIndex,
   };
 }
@@ -152,7 +147,6 @@ function fromStored(stored: StoredRegistry): RegistryState {
   }
   state.servicesIndex = stored.servicesIndex;
   state.selfPreservation = stored.selfPreservation;
-  state.checkpointIndex = stored.checkpointIndex;
   state.appliedIndex = stored.appliedIndex;
   return state;
 }
@@ -168,6 +162,7 @@ export function encodeCommand(command: RegistryCommand): Uint8Array {
 export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private state = emptyState();
   private readonly listeners = new Set<(service: string | null, index: number) => void>();
+  private readonly leaseListeners = new Set<(instance: Instance) => void>();
 
   apply(entry: Entry & { type: "normal" }): RegistryResult {
     const command = JSON.parse(new TextDecoder().decode(entry.data)) as RegistryCommand;
@@ -201,6 +196,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
           },
           index,
         );
+        this.leaseChanged(updated);
         return { ok: true, instance: updated };
       }
       case "expire": {
@@ -229,15 +225,16 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       }
       case "checkpoint": {
         // Only the lease bookkeeping changes: no watcher is woken and no service index moves.
-        this.state.checkpointIndex = index;
         for (const ttl of command.ttls) {
           const instance = this.find(ttl);
           if (instance === undefined || instance.expiredAt !== null) continue;
-          this.put({
+          const updated = {
             ...instance,
             ttlRemainingMs: ttl.remainingMs,
             lastHeartbeatAt: ttl.lastHeartbeatAt,
-          });
+          };
+          this.put(updated);
+          this.leaseChanged(updated);
         }
         return { ok: true };
       }
@@ -262,6 +259,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     };
     this.put(stored);
     this.touch(spec.service, index);
+    this.leaseChanged(stored);
     return { ok: true, instance: stored };
   }
 
@@ -362,10 +360,6 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     return this.state.servicesIndex;
   }
 
-  get checkpointIndex(): number {
-    return this.state.checkpointIndex;
-  }
-
   get selfPreservationMode(): SelfPreservationMode {
     return this.state.selfPreservation;
   }
@@ -388,6 +382,19 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   onChange(listener: (service: string | null, index: number) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Called when an entry restarts an instance's countdown (a registration, a status change,
+   * a checkpoint): followers note when, to resume it from there if they come to lead.
+   */
+  onLease(listener: (instance: Instance) => void): () => void {
+    this.leaseListeners.add(listener);
+    return () => this.leaseListeners.delete(listener);
+  }
+
+  private leaseChanged(instance: Instance): void {
+    for (const listener of this.leaseListeners) listener(instance);
   }
 
   private notify(service: string | null, index: number): void {

@@ -197,6 +197,8 @@ export function registryRoutes(agent: Agent) {
       { schema: { params: ServiceParams, querystring: WatchQuery } },
       async (request, reply) => {
         const { service } = request.params;
+        // The first event reflects every write acknowledged before the watch began.
+        await agent.read("default");
         const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
         const gone = new AbortController();
         request.raw.once("close", () => gone.abort());

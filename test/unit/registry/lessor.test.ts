@@ -142,6 +142,8 @@ describe("TTL lessor", () => {
   it("a new leader resumes a countdown from the last checkpoint, after a grace for live instances", async () => {
     const bench = new Bench();
     const first = bench.lessor;
+    // A follower's lessor watches the same entries apply.
+    const second = bench.newLessor();
     first.becomeLeader();
     const early = bench.register(first, "web", "early");
     await bench.run(first, 4000);
@@ -149,9 +151,7 @@ describe("TTL lessor", () => {
     // Heartbeats stop; the checkpoint at 6 s records 4 s left for one and 8 s for the other.
     await bench.run(first, 2000 + tickMs);
     first.stepDown();
-    const second = bench.newLessor();
-    // The follower applied that checkpoint; 1.5 s later it wins the election.
-    second.tick();
+    // 1.5 s later the follower wins the election.
     await bench.run(second, 1500);
     const promotedAt = bench.now;
     second.becomeLeader();
@@ -166,6 +166,7 @@ describe("TTL lessor", () => {
 
   it("leaders replaced one after another never keep a silent instance alive past TTL + grace", async () => {
     const bench = new Bench();
+    const nodes = [bench.lessor, bench.newLessor(), bench.newLessor()];
     let lessor = bench.lessor;
     lessor.becomeLeader();
     const ref = bench.register(lessor, "web", "silent");
@@ -176,8 +177,7 @@ describe("TTL lessor", () => {
       critical = await bench.criticalAt(lessor, ref, bench.now + graceMs + 1000);
       if (critical !== null) break;
       lessor.stepDown();
-      lessor = bench.newLessor();
-      lessor.tick();
+      lessor = nodes[leaders % nodes.length] ?? lessor;
       await bench.run(lessor, 1000);
       lessor.becomeLeader();
     }

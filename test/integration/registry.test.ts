@@ -1,0 +1,325 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { AgentCluster, eventually, sleep } from "./agents.js";
+
+const ids = ["n1", "n2", "n3"];
+const ttlMs = 2000;
+const checkpointMs = 1000;
+const deregisterAfterMs = 3000;
+/** Fast timings: election timeout 200 ms, randomized up to 400 ms. */
+const maxElectionMs = 400;
+
+let cluster: AgentCluster;
+beforeEach(async () => {
+  cluster = await AgentCluster.create({
+    args: [
+      `--ttl-checkpoint-interval=${checkpointMs}ms`,
+      `--deregister-after=${deregisterAfterMs}ms`,
+    ],
+  });
+  await cluster.bootstrap(ids);
+  await cluster.leader();
+});
+afterEach(async () => {
+  await cluster.destroy();
+});
+
+interface InstanceView {
+  id: string;
+  status: string;
+  tags: string[];
+}
+
+function body(port: number, tags: string[] = []) {
+  return { address: "10.0.0.1", port, tags, ttl: `${ttlMs}ms` };
+}
+
+async function register(via: string, service: string, id: string, tags: string[] = []) {
+  const answer = await cluster.request(
+    via,
+    "PUT",
+    `/v1/services/${service}/instances/${id}`,
+    body(8080, tags),
+  );
+  expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+  return answer.body;
+}
+
+/** The instances of `service` as `via` sees them right now; [] when it has none. */
+async function lookup(via: string, service: string, query = "consistency=stale") {
+  const answer = await cluster.request(via, "GET", `/v1/services/${service}?${query}`);
+  if (answer.status === 404) return [];
+  expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+  return answer.body.instances as InstanceView[];
+}
+
+async function statusOf(via: string, service: string, id: string): Promise<string> {
+  const found = (await lookup(via, service)).find((instance) => instance.id === id);
+  return found?.status ?? "gone";
+}
+
+function running(): string[] {
+  return cluster.running().map((agent) => agent.id);
+}
+
+/** Heartbeats `refs` every `everyMs` through whichever node answers, until stopped. */
+function heartbeater(refs: readonly { service: string; id: string }[], everyMs: number) {
+  let stopped = false;
+  let failures = 0;
+  const loop = (async () => {
+    let turn = 0;
+    while (!stopped) {
+      for (const ref of refs) {
+        const via = running()[turn++ % running().length] ?? "n1";
+        const path = `/v1/services/${ref.service}/instances/${ref.id}/heartbeat`;
+        const answer = await cluster.request(via, "PUT", path, {}).catch(() => null);
+        if (answer?.status !== 200) failures++;
+      }
+      await sleep(everyMs);
+    }
+  })();
+  return {
+    get failures() {
+      return failures;
+    },
+    async stop() {
+      stopped = true;
+      await loop;
+    },
+  };
+}
+
+describe("registry over HTTP on a three-node cluster", () => {
+  it("registers, heartbeats, looks up (all, healthy, by tag) and deregisters through any node", async () => {
+    const registered = await register("n1", "web", "w1", ["v1", "blue"]);
+    expect(registered).toMatchObject({ id: "w1", service: "web", status: "passing", ttl: "2s" });
+    await register("n2", "web", "w2", ["v1"]);
+    await register("n3", "web", "w3", ["v2"]);
+    const down = await cluster.request("n2", "PUT", "/v1/services/web/instances/w3/heartbeat", {
+      status: "critical",
+      output: "disk full",
+    });
+    expect(down.status, JSON.stringify(down.body)).toBe(200);
+    for (const via of ids) {
+      const all = await lookup(via, "web", "consistency=linearizable");
+      expect(all.map((i) => i.id)).toEqual(["w1", "w2", "w3"]);
+      const healthy = await lookup(via, "web", "healthy=true&consistency=linearizable");
+      expect(healthy.map((i) => i.id)).toEqual(["w1", "w2"]);
+      const tagged = await lookup(via, "web", "tag=v1&tag=blue&consistency=linearizable");
+      expect(tagged.map((i) => i.id)).toEqual(["w1"]);
+    }
+    const list = await cluster.request("n3", "GET", "/v1/services?consistency=linearizable");
+    expect(list.body.services).toEqual([
+      { name: "web", instances: 3, passing: 2, tags: ["blue", "v1", "v2"] },
+    ]);
+    const gone = await cluster.request("n3", "DELETE", "/v1/services/web/instances/w2");
+    expect(gone.status).toBe(200);
+    expect((await lookup("n1", "web", "consistency=linearizable")).map((i) => i.id)).toEqual([
+      "w1",
+      "w3",
+    ]);
+    const again = await cluster.request("n1", "PUT", "/v1/services/web/instances/w2/heartbeat", {});
+    expect(again.status).toBe(404);
+  });
+
+  it("marks a silent instance critical within TTL + 1 s and removes it after deregisterAfter", async () => {
+    const registeredAt = Date.now();
+    await register("n2", "web", "silent");
+    const critical = await eventually(
+      "the instance to turn critical",
+      async () => ((await statusOf("n1", "web", "silent")) === "critical" ? Date.now() : undefined),
+      ttlMs + 3000,
+    );
+    expect(critical - registeredAt).toBeGreaterThanOrEqual(ttlMs);
+    expect(critical - registeredAt).toBeLessThanOrEqual(ttlMs + 1000);
+    const removed = await eventually(
+      "the instance to be removed",
+      async () => ((await statusOf("n3", "web", "silent")) === "gone" ? Date.now() : undefined),
+      deregisterAfterMs + 3000,
+    );
+    expect(removed - critical).toBeGreaterThanOrEqual(deregisterAfterMs - 200);
+    const metrics = await fetch(`http://${cluster.get(await cluster.leader()).http}/metrics`);
+    expect(await metrics.text()).toMatch(/^muster_evictions_total 1$/m);
+  });
+
+  it("never marks an instance that keeps heartbeating critical across a kill -9 of the leader", async () => {
+    await register("n1", "web", "live");
+    const beat = heartbeater([{ service: "web", id: "live" }], ttlMs / 4);
+    const seen = new Set<string>();
+    const watch = (async () => {
+      const until = Date.now() + 3 * ttlMs + 2000;
+      while (Date.now() < until) {
+        for (const via of running()) seen.add(await statusOf(via, "web", "live").catch(() => "?"));
+        await sleep(50);
+      }
+    })();
+    await sleep(ttlMs);
+    const leader = await cluster.leader();
+    await cluster.kill(leader, "SIGKILL");
+    await cluster.leader();
+    await watch;
+    await beat.stop();
+    seen.delete("?");
+    expect([...seen]).toEqual(["passing"]);
+  });
+
+  it("evicts a silent instance within the bound while leaders are killed one after another", async () => {
+    await register("n1", "web", "silent");
+    const lastHeartbeat = Date.now();
+    for (const pause of [300, 800]) {
+      await sleep(pause);
+      const leader = await cluster.leader();
+      await cluster.kill(leader, "SIGKILL");
+      await cluster.leader();
+      cluster.start(leader, [cluster.peersArg(ids)]);
+    }
+    // TTL + checkpoint interval + election timeout, plus the election itself.
+    const bound = ttlMs + checkpointMs + 2 * maxElectionMs;
+    const critical = await eventually(
+      "the silent instance to turn critical",
+      async () => {
+        const via = running()[0] ?? "n1";
+        return (await statusOf(via, "web", "silent")) === "critical" ? Date.now() : undefined;
+      },
+      bound + 5000,
+    );
+    expect(critical - lastHeartbeat).toBeLessThanOrEqual(bound + 500);
+  });
+
+  it("self-preservation stops evictions when most instances go silent at once, and releases", async () => {
+    const refs = Array.from({ length: 12 }, (_, i) => ({ service: "web", id: `i${i}` }));
+    for (const ref of refs) await register("n1", ref.service, ref.id);
+    const steady = heartbeater(refs.slice(0, 3), ttlMs / 4);
+    const preservation = async () =>
+      (await cluster.request("n2", "GET", "/v1/cluster/self-preservation")).body;
+    const engaged = await eventually(
+      "self-preservation to engage",
+      async () => ((await preservation()).engaged === true ? await preservation() : undefined),
+      ttlMs + 2000,
+    );
+    expect(engaged).toMatchObject({ mode: "auto", total: 12 });
+    await sleep(ttlMs + 1000);
+    const statuses = new Set(await Promise.all(refs.map((r) => statusOf("n3", r.service, r.id))));
+    expect([...statuses]).toEqual(["passing"]);
+    const leader = await cluster.leader();
+    const gauge = await (await fetch(`http://${cluster.get(leader).http}/metrics`)).text();
+    expect(gauge).toMatch(/^muster_self_preservation_engaged 1$/m);
+
+    const all = heartbeater(refs, ttlMs / 4);
+    await eventually(
+      "self-preservation to release",
+      async () => ((await preservation()).engaged === false ? true : undefined),
+      ttlMs + 2000,
+    );
+    await all.stop();
+    await steady.stop();
+  });
+
+  it("an operator can force self-preservation off", async () => {
+    const set = await cluster.request("n3", "PUT", "/v1/cluster/self-preservation", {
+      mode: "off",
+    });
+    expect(set.status, JSON.stringify(set.body)).toBe(200);
+    const refs = Array.from({ length: 12 }, (_, i) => ({ service: "web", id: `i${i}` }));
+    for (const ref of refs) await register("n1", ref.service, ref.id);
+    await eventually(
+      "every silent instance to turn critical",
+      async () => {
+        const found = await lookup("n2", "web");
+        return found.every((i) => i.status === "critical") ? true : undefined;
+      },
+      ttlMs + 3000,
+    );
+    expect(
+      (await cluster.request("n1", "GET", "/v1/cluster/self-preservation")).body,
+    ).toMatchObject({ mode: "off", engaged: false });
+  });
+
+  it("a blocking query answers a change promptly, and is not woken by another service", async () => {
+    await register("n1", "web", "w0");
+    await register("n1", "db", "d0");
+    const latencies: number[] = [];
+    for (let change = 1; change <= 5; change++) {
+      const before = await cluster.request("n2", "GET", "/v1/services/web?consistency=stale");
+      const index = before.body.index as number;
+      const blocked = cluster.request("n2", "GET", `/v1/services/web?index=${index}&wait=10s`);
+      await sleep(100);
+      await register("n3", "web", `w${change}`);
+      const acknowledged = performance.now();
+      const answer = await blocked;
+      latencies.push(performance.now() - acknowledged);
+      expect(answer.body.index).toBeGreaterThan(index);
+      expect((answer.body.instances as InstanceView[]).map((i) => i.id)).toContain(`w${change}`);
+    }
+    latencies.sort((a, b) => a - b);
+    expect(latencies[2]).toBeLessThan(100);
+
+    const db = await cluster.request("n1", "GET", "/v1/services/db?consistency=stale");
+    const dbIndex = db.body.index as number;
+    const started = performance.now();
+    const quiet = cluster.request("n1", "GET", `/v1/services/db?index=${dbIndex}&wait=1s`);
+    await register("n2", "web", "other");
+    const answer = await quiet;
+    expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+    expect(answer.body.index).toBe(dbIndex);
+  });
+
+  it("an SSE watcher sees the current instances, then each change in order", async () => {
+    await register("n1", "web", "w0");
+    const controller = new AbortController();
+    const response = await fetch(`http://${cluster.get("n3").http}/v1/watch/services/web`, {
+      signal: controller.signal,
+    });
+    expect(response.headers.get("content-type")).toBe("text/event-stream");
+    const events: { id: number; ids: string[]; at: number }[] = [];
+    const reading = (async () => {
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for await (const chunk of response.body ?? []) {
+        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+        let end = buffer.indexOf("\n\n");
+        while (end >= 0) {
+          const event = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const id = /^id: (\d+)$/m.exec(event)?.[1];
+          const data = /^data: (.*)$/m.exec(event)?.[1];
+          if (id !== undefined && data !== undefined) {
+            const view = JSON.parse(data) as { instances: InstanceView[] };
+            events.push({
+              id: Number(id),
+              ids: view.instances.map((i) => i.id),
+              at: performance.now(),
+            });
+          }
+          end = buffer.indexOf("\n\n");
+        }
+      }
+    })().catch(() => undefined);
+    await eventually("the initial event", async () => (events.length > 0 ? true : undefined));
+    const acknowledged: number[] = [];
+    await register("n2", "web", "w1");
+    acknowledged.push(performance.now());
+    await eventually("the registration event", async () => (events.length > 1 ? true : undefined));
+    await cluster.request("n1", "DELETE", "/v1/services/web/instances/w0");
+    acknowledged.push(performance.now());
+    await eventually("the deregistration event", async () =>
+      events.length > 2 ? true : undefined,
+    );
+    controller.abort();
+    await reading;
+    expect(events.map((e) => e.ids)).toEqual([["w0"], ["w0", "w1"], ["w1"]]);
+    expect(events[1]?.id).toBeLessThan(events[2]?.id ?? 0);
+    for (const [position, at] of acknowledged.entries()) {
+      expect((events[position + 1]?.at ?? Number.POSITIVE_INFINITY) - at).toBeLessThan(100);
+    }
+  });
+
+  it("a linearizable read on one node sees a write acknowledged by another", async () => {
+    for (let round = 0; round < 10; round++) {
+      const writer = ids[round % 3] ?? "n1";
+      const reader = ids[(round + 1) % 3] ?? "n2";
+      await register(writer, "web", `r${round}`);
+      const seen = await lookup(reader, "web", "consistency=linearizable");
+      expect(seen.map((i) => i.id)).toContain(`r${round}`);
+    }
+  });
+});
