@@ -1,5 +1,6 @@
 import swagger from "@fastify/swagger";
 import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import { Ajv } from "ajv";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { RaftError } from "../../raft/node.js";
 import type { Agent } from "../agent.js";
@@ -12,7 +13,18 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: 64 * 1024,
+    // Longer than any valid parameter, so that the schema, not the router, refuses it.
+    maxParamLength: 1024,
   }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // Bodies are JSON: a wrong type is an error, never converted. Query strings and path
+  // parameters are text: numbers and booleans are read from it, a single ?tag= is a list.
+  // Neither drops unknown properties silently.
+  const bodies = new Ajv({ coerceTypes: false, removeAdditional: false, allErrors: false });
+  const texts = new Ajv({ coerceTypes: "array", removeAdditional: false, allErrors: false });
+  app.setValidatorCompiler(({ schema, httpPart }) =>
+    (httpPart === "body" ? bodies : texts).compile(schema),
+  );
 
   app.register(swagger, {
     openapi: {

@@ -16,6 +16,7 @@ import {
 } from "./schemas.js";
 
 const defaultTtlMs = 10_000;
+const maxMetaValueBytes = 512;
 const maxTtlMs = 24 * 3_600_000;
 const defaultWaitMs = 5 * 60_000;
 const maxWaitMs = 10 * 60_000;
@@ -114,6 +115,15 @@ export function registryRoutes(agent: Agent) {
         const { service, id } = request.params;
         const body = request.body;
         const ttlMs = body.ttl === undefined ? defaultTtlMs : parseDuration(body.ttl);
+        for (const [key, value] of Object.entries(body.meta ?? {})) {
+          if (Buffer.byteLength(value) > maxMetaValueBytes) {
+            throw new MusterError(
+              "MUSTER_ERR_BAD_REQUEST",
+              `meta value is over ${maxMetaValueBytes} bytes`,
+              `meta.${key}`,
+            );
+          }
+        }
         if (ttlMs < agent.minTtlMs || ttlMs > maxTtlMs) {
           throw new MusterError(
             "MUSTER_ERR_BAD_REQUEST",
@@ -160,14 +170,20 @@ export function registryRoutes(agent: Agent) {
 
     app.put(
       "/v1/services/:service/instances/:id/heartbeat",
-      { schema: { params: InstanceParams, body: HeartbeatBody } },
+      {
+        schema: { params: InstanceParams, body: HeartbeatBody },
+        // The body is optional: a bare PUT renews the TTL.
+        preValidation: async (request) => {
+          request.body ??= {};
+        },
+      },
       async (request, reply) =>
         agent.heartbeat(
           request,
           reply,
           request.params,
-          request.body?.status,
-          request.body?.output ?? "",
+          request.body.status,
+          request.body.output ?? "",
         ),
     );
 

@@ -3,6 +3,7 @@ import { Type } from "@fastify/type-provider-typebox";
 /** DNS label: services and tags appear in DNS names. */
 export const labelPattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const idPattern = "^[A-Za-z0-9._-]{1,128}$";
+const metaKeyPattern = "^[A-Za-z0-9._/-]{1,128}$";
 const durationPattern = "^\\d{1,9}(ms|s|m|h)$";
 
 export const Duration = Type.String({ pattern: durationPattern, maxLength: 12 });
@@ -25,8 +26,9 @@ export const RegisterBody = Type.Object(
     port: Type.Integer({ minimum: 1, maximum: 65535 }),
     tags: Type.Optional(Type.Array(Type.String({ pattern: labelPattern }), { maxItems: 64 })),
     meta: Type.Optional(
-      Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 512 }), {
+      Type.Record(Type.String({ pattern: metaKeyPattern }), Type.String({ maxLength: 512 }), {
         maxProperties: 64,
+        additionalProperties: false,
       }),
     ),
     weight: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
@@ -37,14 +39,12 @@ export const RegisterBody = Type.Object(
   { additionalProperties: false },
 );
 
-export const HeartbeatBody = Type.Optional(
-  Type.Object(
-    {
-      status: Type.Optional(Status),
-      output: Type.Optional(Type.String({ maxLength: 4096 })),
-    },
-    { additionalProperties: false },
-  ),
+export const HeartbeatBody = Type.Object(
+  {
+    status: Type.Optional(Status),
+    output: Type.Optional(Type.String({ maxLength: 4096 })),
+  },
+  { additionalProperties: false },
 );
 
 const ConsistencyField = Type.Optional(
