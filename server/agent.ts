@@ -43,6 +43,7 @@ export class Agent {
   readonly metrics: Metrics;
   private readonly lessor: Lessor;
   private lessorTimer: NodeJS.Timeout | null = null;
+  private knownLeader: string | null = null;
   private node!: RaftNode<RegistryResult>;
   private transport!: GrpcTransport;
   private http!: FastifyInstance;
@@ -65,6 +66,16 @@ export class Agent {
         };
       },
       () => this.watches.size,
+      () => {
+        const counts: Record<InstanceStatus, number> = {
+          passing: 0,
+          warning: 0,
+          critical: 0,
+          maintenance: 0,
+        };
+        for (const instance of this.fsm.allInstances()) counts[instance.effectiveStatus]++;
+        return counts;
+      },
     );
     this.lessor = new Lessor(this.fsm, {
       // Election timeouts are randomized up to twice the configured one.
@@ -266,6 +277,11 @@ export class Agent {
   /** The lessor follows leadership: it starts once the new leader has applied everything. */
   private runLessor(): void {
     if (this.stopping) return;
+    const leader = this.node.status().leader;
+    if (leader !== this.knownLeader) {
+      this.knownLeader = leader;
+      this.metrics.leaderChanges.inc();
+    }
     if (!this.lessor.isLeading && this.node.isReadyLeader()) {
       this.lessor.becomeLeader();
       this.logger.info("lessor started: TTL countdowns resumed from the last checkpoint");

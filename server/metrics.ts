@@ -20,6 +20,11 @@ export class Metrics {
     help: "Instances removed after staying critical for deregisterAfter",
     registers: [this.registry],
   });
+  readonly leaderChanges = new Counter({
+    name: "muster_raft_leader_changes_total",
+    help: "Times this node saw the cluster's leader change (including to none)",
+    registers: [this.registry],
+  });
   readonly selfPreservation = new Gauge({
     name: "muster_self_preservation_engaged",
     help: "1 while the leader has stopped evicting because too many instances are at risk",
@@ -29,7 +34,18 @@ export class Metrics {
   constructor(
     raft: () => { term: number; commit: number; applied: number; leader: boolean },
     watchers: () => number,
+    instancesByStatus: () => Record<string, number>,
   ) {
+    new Gauge({
+      name: "muster_instances",
+      help: "Registered instances by the status lookups see",
+      labelNames: ["status"] as const,
+      registers: [this.registry],
+      collect() {
+        for (const [status, count] of Object.entries(instancesByStatus()))
+          this.set({ status }, count);
+      },
+    });
     const gauge = (name: string, help: string, read: () => number) =>
       new Gauge({
         name,

@@ -139,8 +139,16 @@ describe("registry over HTTP on a three-node cluster", () => {
       deregisterAfterMs + 3000,
     );
     expect(removed - critical).toBeGreaterThanOrEqual(deregisterAfterMs - 200);
-    const metrics = await fetch(`http://${cluster.get(await cluster.leader()).http}/metrics`);
-    expect(await metrics.text()).toMatch(/^muster_evictions_total 1$/m);
+    const metricsOf = async (id: string) =>
+      (await fetch(`http://${cluster.get(id).http}/metrics`)).text();
+    const leaderMetrics = await metricsOf(await cluster.leader());
+    expect(leaderMetrics).toMatch(/^muster_evictions_total 1$/m);
+    expect(leaderMetrics).toMatch(/^muster_instances\{status="critical"\} 0$/m);
+    expect(leaderMetrics).toMatch(/^muster_raft_leader_changes_total [1-9]/m);
+    // n1 answered the lookups above.
+    expect(await metricsOf("n1")).toMatch(
+      /^muster_http_request_duration_seconds_count\{.*route="\/v1\/services\/:service".*status="200".*\} [1-9]/m,
+    );
   });
 
   it("never marks an instance that keeps heartbeating critical across a kill -9 of the leader", async () => {
