@@ -1,7 +1,7 @@
-import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { AgentCluster, eventually } from "../test/integration/agents.js";
 import { median } from "./stats.js";
+import { perSecond, wrk } from "./wrk.js";
 
 /**
  * Three real agents (LevelDB with fsync, gRPC between peers, default timings) on 127.0.0.1.
@@ -13,31 +13,6 @@ import { median } from "./stats.js";
 const ids = ["n1", "n2", "n3"];
 const durationSeconds = 5;
 const putScript = fileURLToPath(new URL("./raft-put.lua", import.meta.url));
-
-function load(url: string, connections: number): { perSecond: number; p50: string; p99: string } {
-  const threads = Math.min(2, connections);
-  const run = spawnSync(
-    "wrk",
-    [
-      `-t${threads}`,
-      `-c${connections}`,
-      `-d${durationSeconds}s`,
-      "--latency",
-      "-s",
-      putScript,
-      url,
-    ],
-    { encoding: "utf8" },
-  );
-  if (run.error !== undefined) throw new Error("this benchmark needs wrk: apt-get install -y wrk");
-  const failed = /Non-2xx or 3xx responses: (\d+)/.exec(run.stdout)?.[1];
-  if (failed !== undefined) throw new Error(`${failed} registrations failed:\n${run.stdout}`);
-  return {
-    perSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(run.stdout)?.[1]),
-    p50: /\s50%\s+(\S+)/.exec(run.stdout)?.[1] ?? "?",
-    p99: /\s99%\s+(\S+)/.exec(run.stdout)?.[1] ?? "?",
-  };
-}
 
 /** Leader kill -9 to the next registration a survivor acknowledges. */
 async function failoverGapMs(cluster: AgentCluster): Promise<number> {
@@ -71,10 +46,14 @@ export async function runRaftBench(): Promise<void> {
       `Three agents, fsync on, wrk PUT registrations of ~100 bytes to the leader, ${durationSeconds} s per level`,
     );
     for (const proposers of [1, 16, 256]) {
-      const result = load(`http://${cluster.get(leader).http}`, proposers);
-      const rate = Math.round(result.perSecond).toLocaleString("en-US");
+      const result = wrk({
+        url: `http://${cluster.get(leader).http}`,
+        connections: proposers,
+        durationSeconds,
+        script: putScript,
+      });
       console.log(
-        `  ${String(proposers).padStart(3)} proposers: ${rate} commits/s, p50 ${result.p50}, p99 ${result.p99}`,
+        `  ${String(proposers).padStart(3)} proposers: ${perSecond(result.perSecond)} commits/s, p50 ${result.p50}, p99 ${result.p99}`,
       );
     }
     const gaps: number[] = [];

@@ -1,9 +1,11 @@
 import { runRaftBench } from "./raft.js";
 import { runRaftCoreBench } from "./raft-core.js";
+import { runRegistryBench } from "./registry.js";
 
 const benchmarks: Record<string, () => void | Promise<void>> = {
   "raft-core": runRaftCoreBench,
   raft: runRaftBench,
+  registry: runRegistryBench,
 };
 
 const names = process.argv.slice(2);

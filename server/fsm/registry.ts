@@ -228,11 +228,15 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         for (const ttl of command.ttls) {
           const instance = this.find(ttl);
           if (instance === undefined || instance.expiredAt !== null) continue;
-          const updated = {
-            ...instance,
+          const updated = instanceOf(fieldsOf(instance), {
+            output: instance.output,
+            expiredAt: null,
             ttlRemainingMs: ttl.remainingMs,
+            registeredAt: instance.registeredAt,
             lastHeartbeatAt: ttl.lastHeartbeatAt,
-          };
+            createIndex: instance.createIndex,
+            modifyIndex: instance.modifyIndex,
+          });
           this.put(updated);
           this.leaseChanged(updated);
         }
@@ -246,9 +250,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
 
   private register(spec: InstanceSpec, now: number, index: number): RegistryResult {
     const previous = this.find(spec);
-    const stored: Instance = {
-      ...spec,
-      effectiveStatus: spec.status,
+    const stored = instanceOf(spec, {
       output: "",
       expiredAt: null,
       ttlRemainingMs: spec.ttlMs,
@@ -256,7 +258,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       lastHeartbeatAt: now,
       createIndex: previous?.createIndex ?? index,
       modifyIndex: index,
-    };
+    });
     this.put(stored);
     this.touch(spec.service, index);
     this.leaseChanged(stored);
@@ -270,12 +272,19 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     >,
     index: number,
   ): Instance {
-    const merged = { ...instance, ...change, modifyIndex: index };
-    const updated: Instance = {
-      ...merged,
-      effectiveStatus: merged.expiredAt === null ? merged.status : "critical",
-      ttlRemainingMs: merged.expiredAt === null ? merged.ttlRemainingMs : 0,
-    };
+    const expiredAt = change.expiredAt === undefined ? instance.expiredAt : change.expiredAt;
+    const updated = instanceOf(
+      { ...fieldsOf(instance), status: change.status ?? instance.status },
+      {
+        output: change.output ?? instance.output,
+        expiredAt,
+        ttlRemainingMs: expiredAt === null ? (change.ttlRemainingMs ?? instance.ttlRemainingMs) : 0,
+        registeredAt: instance.registeredAt,
+        lastHeartbeatAt: change.lastHeartbeatAt ?? instance.lastHeartbeatAt,
+        createIndex: instance.createIndex,
+        modifyIndex: index,
+      },
+    );
     this.put(updated);
     this.touch(instance.service, index);
     return updated;
@@ -412,5 +421,51 @@ function notFound(ref: InstanceRef): RegistryResult {
     ok: false,
     code: "not-found",
     message: `no instance ${ref.id} of service ${ref.service}`,
+  };
+}
+
+/** The registration's own fields of an instance. */
+function fieldsOf(instance: InstanceSpec): InstanceSpec {
+  return {
+    id: instance.id,
+    service: instance.service,
+    address: instance.address,
+    port: instance.port,
+    tags: instance.tags,
+    meta: instance.meta,
+    weight: instance.weight,
+    version: instance.version,
+    status: instance.status,
+    ttlMs: instance.ttlMs,
+  };
+}
+
+/**
+ * Builds an instance field by field: spreading a parsed command into a literal with more
+ * properties takes V8's slow path, microseconds per entry on the apply path.
+ */
+function instanceOf(
+  spec: InstanceSpec,
+  state: Omit<Instance, keyof InstanceSpec | "effectiveStatus">,
+): Instance {
+  return {
+    id: spec.id,
+    service: spec.service,
+    address: spec.address,
+    port: spec.port,
+    tags: spec.tags,
+    meta: spec.meta,
+    weight: spec.weight,
+    version: spec.version,
+    status: spec.status,
+    ttlMs: spec.ttlMs,
+    effectiveStatus: state.expiredAt === null ? spec.status : "critical",
+    output: state.output,
+    expiredAt: state.expiredAt,
+    ttlRemainingMs: state.ttlRemainingMs,
+    registeredAt: state.registeredAt,
+    lastHeartbeatAt: state.lastHeartbeatAt,
+    createIndex: state.createIndex,
+    modifyIndex: state.modifyIndex,
   };
 }
