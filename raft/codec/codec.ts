@@ -134,14 +134,18 @@ function confChangeFromWire(wire: Wire): ConfChange {
 }
 
 function entryToWire(entry: Entry): Wire {
-  const base = { term: entry.term, index: entry.index };
   switch (entry.type) {
     case "normal":
-      return { ...base, type: "NORMAL", data: entry.data };
+      return { term: entry.term, index: entry.index, type: "NORMAL", data: entry.data };
     case "config":
-      return { ...base, type: "CONFIG", change: confChangeToWire(entry.change) };
+      return {
+        term: entry.term,
+        index: entry.index,
+        type: "CONFIG",
+        change: confChangeToWire(entry.change),
+      };
     case "noop":
-      return { ...base, type: "NOOP" };
+      return { term: entry.term, index: entry.index, type: "NOOP" };
   }
 }
 
@@ -246,59 +250,61 @@ function messageToWire(message: Message): Wire {
   switch (message.type) {
     case "vote":
     case "prevote":
-      return {
-        ...wire,
-        lastIndex: message.lastIndex,
-        lastTerm: message.lastTerm,
-        transfer: message.transfer,
-      };
+      wire.lastIndex = message.lastIndex;
+      wire.lastTerm = message.lastTerm;
+      wire.transfer = message.transfer;
+      return wire;
     case "vote-response":
     case "prevote-response":
-      return { ...wire, granted: message.granted };
+      wire.granted = message.granted;
+      return wire;
     case "append":
-      return {
-        ...wire,
-        prevIndex: message.prevIndex,
-        prevTerm: message.prevTerm,
-        entries: message.entries.map(entryToWire),
-        commit: message.commit,
-      };
+      wire.prevIndex = message.prevIndex;
+      wire.prevTerm = message.prevTerm;
+      wire.entries = message.entries.map(entryToWire);
+      wire.commit = message.commit;
+      return wire;
     case "append-response":
-      return {
-        ...wire,
-        index: message.index,
-        reject: message.reject,
-        hintIndex: message.hintIndex,
-        hintTerm: message.hintTerm,
-      };
+      wire.index = message.index;
+      wire.reject = message.reject;
+      wire.hintIndex = message.hintIndex;
+      wire.hintTerm = message.hintTerm;
+      return wire;
     case "heartbeat":
-      return { ...wire, commit: message.commit, context: message.context };
+      wire.commit = message.commit;
+      wire.context = message.context;
+      return wire;
     case "heartbeat-response":
-      return { ...wire, context: message.context };
+      wire.context = message.context;
+      return wire;
     case "snapshot":
-      return { ...wire, snapshot: snapshotToWire(message.snapshot, false) };
+      wire.snapshot = snapshotToWire(message.snapshot, false);
+      return wire;
     case "timeout-now":
       return wire;
     case "read-index":
-      return { ...wire, requestId: message.requestId };
+      wire.requestId = message.requestId;
+      return wire;
     case "read-index-response":
-      return { ...wire, requestId: message.requestId, index: message.index };
+      wire.requestId = message.requestId;
+      wire.index = message.index;
+      return wire;
   }
 }
 
 function messageFromWire(wire: Wire): Message {
   const type = messageTypeOfWire.get(String(wire.type));
   if (type === undefined) throw new CodecError("message.type", `unknown type ${String(wire.type)}`);
-  const envelope = {
-    from: nodeId(wire, "from"),
-    to: nodeId(wire, "to"),
-    term: count(wire, "term"),
-  };
+  const from = nodeId(wire, "from");
+  const to = nodeId(wire, "to");
+  const term = count(wire, "term");
   switch (type) {
     case "vote":
     case "prevote":
       return {
-        ...envelope,
+        from,
+        to,
+        term,
         type,
         lastIndex: count(wire, "lastIndex"),
         lastTerm: count(wire, "lastTerm"),
@@ -306,12 +312,14 @@ function messageFromWire(wire: Wire): Message {
       };
     case "vote-response":
     case "prevote-response":
-      return { ...envelope, type, granted: wire.granted === true };
+      return { from, to, term, type, granted: wire.granted === true };
     case "append": {
       const entries = wire.entries;
       if (!Array.isArray(entries)) throw new CodecError("entries", "must be a list");
       return {
-        ...envelope,
+        from,
+        to,
+        term,
         type,
         prevIndex: count(wire, "prevIndex"),
         prevTerm: count(wire, "prevTerm"),
@@ -321,7 +329,9 @@ function messageFromWire(wire: Wire): Message {
     }
     case "append-response":
       return {
-        ...envelope,
+        from,
+        to,
+        term,
         type,
         index: count(wire, "index"),
         reject: wire.reject === true,
@@ -329,18 +339,27 @@ function messageFromWire(wire: Wire): Message {
         hintTerm: count(wire, "hintTerm"),
       };
     case "heartbeat":
-      return { ...envelope, type, commit: count(wire, "commit"), context: count(wire, "context") };
+      return {
+        from,
+        to,
+        term,
+        type,
+        commit: count(wire, "commit"),
+        context: count(wire, "context"),
+      };
     case "heartbeat-response":
-      return { ...envelope, type, context: count(wire, "context") };
+      return { from, to, term, type, context: count(wire, "context") };
     case "snapshot":
-      return { ...envelope, type, snapshot: snapshotFromWire(sub(wire, "snapshot")) };
+      return { from, to, term, type, snapshot: snapshotFromWire(sub(wire, "snapshot")) };
     case "timeout-now":
-      return { ...envelope, type };
+      return { from, to, term, type };
     case "read-index":
-      return { ...envelope, type, requestId: count(wire, "requestId") };
+      return { from, to, term, type, requestId: count(wire, "requestId") };
     case "read-index-response":
       return {
-        ...envelope,
+        from,
+        to,
+        term,
         type,
         requestId: count(wire, "requestId"),
         index: signed(wire, "index"),

@@ -95,12 +95,16 @@ export class LevelStorage implements RaftStorage {
     const base = snapshot?.index ?? 0;
     const entries: Entry[] = [];
     const tail: string[] = [];
+    let covered = false;
     for await (const [key, record] of this.db.iterator({
       gt: entryPrefix,
       lt: `${entryPrefix}~`,
     })) {
       const index = Number.parseInt(key.slice(entryPrefix.length), 16);
-      if (index <= base) continue;
+      if (index <= base) {
+        covered = true;
+        continue;
+      }
       if (index > meta.lastIndex) {
         tail.push(key);
         continue;
@@ -130,6 +134,8 @@ export class LevelStorage implements RaftStorage {
         tail.map((key) => ({ type: "del" as const, key })),
         { sync: true },
       );
+    // A crash between a snapshot and clearing the entries it covers leaves them behind.
+    if (covered) await this.clearEntries(1, base);
     this.hardState = meta.hardState;
     this.snapshotIndex = base;
     this.lastIndex = last?.index ?? base;
@@ -152,9 +158,12 @@ export class LevelStorage implements RaftStorage {
   async persist(batch: PersistBatch): Promise<void> {
     const operations: Operation[] = [];
     let firstKept = this.snapshotIndex + 1;
+    let covered: { from: number; to: number } | null = null;
     if (batch.snapshot !== null) {
       await this.writeSnapshotFile(batch.snapshot, operations);
-      for (let index = firstKept; index <= this.lastIndex; index++)
+      // Entries the snapshot covers are ignored from now on and cleared after the write.
+      covered = { from: firstKept, to: Math.min(this.lastIndex, batch.snapshot.index) };
+      for (let index = batch.snapshot.index + 1; index <= this.lastIndex; index++)
         operations.push({ type: "del", key: entryKey(index) });
       this.snapshotIndex = batch.snapshot.index;
       this.lastIndex = batch.snapshot.index;
@@ -183,7 +192,13 @@ export class LevelStorage implements RaftStorage {
     const meta = { hardState: this.hardState, lastIndex: this.lastIndex, lastTerm: this.lastTerm };
     operations.push({ type: "put", key: metaKey, value: seal(encodeLogMeta(meta)) });
     await this.db.batch(operations, { sync: batch.mustSync });
+    if (covered !== null) await this.clearEntries(covered.from, covered.to);
     if (batch.snapshot !== null) await this.removeSnapshotsBefore(batch.snapshot.index);
+  }
+
+  /** Drop entries [from, to], which a synced snapshot record already covers. */
+  private async clearEntries(from: number, to: number): Promise<void> {
+    if (from <= to) await this.db.clear({ gte: entryKey(from), lte: entryKey(to) });
   }
 
   async compact(snapshot: Snapshot): Promise<void> {
@@ -191,10 +206,10 @@ export class LevelStorage implements RaftStorage {
     assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
     const operations: Operation[] = [];
     await this.writeSnapshotFile(snapshot, operations);
-    for (let index = this.snapshotIndex + 1; index <= snapshot.index; index++)
-      operations.push({ type: "del", key: entryKey(index) });
     await this.db.batch(operations, { sync: true });
+    const from = this.snapshotIndex + 1;
     this.snapshotIndex = snapshot.index;
+    await this.clearEntries(from, snapshot.index);
     await this.removeSnapshotsBefore(snapshot.index);
   }
 
