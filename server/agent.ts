@@ -2,6 +2,8 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
+import { RegistryDnsView } from "../dns/registry-view.js";
+import { DnsServer } from "../dns/server.js";
 import { bootstrapState, joiningState } from "../raft/core/raft.js";
 import { RaftError, RaftNode } from "../raft/node.js";
 import { LevelStorage } from "../raft/storage/level-storage.js";
@@ -47,6 +49,7 @@ export class Agent {
   private node!: RaftNode<RegistryResult>;
   private transport!: GrpcTransport;
   private http!: FastifyInstance;
+  private dns!: DnsServer;
   private housekeeping: NodeJS.Timeout | null = null;
   private stopping = false;
 
@@ -197,9 +200,21 @@ export class Agent {
         process.exit(70);
       },
     });
+    const dnsView = new RegistryDnsView(this.fsm);
+    this.dns = await DnsServer.start({
+      listen: config.dns,
+      domain: config.dnsDomain,
+      ttlSeconds: Math.round(config.dnsTtlMs / 1000),
+      negativeTtlSeconds: Math.round(config.dnsNegativeTtlMs / 1000),
+      maxStaleMs: config.dnsMaxStaleMs,
+      registry: dnsView,
+      lastLeaderContactMs: () => this.node.lastLeaderContactMs(),
+    });
     this.fsm.onChange((service) => {
       if (service === null) this.syncPeers();
       this.watches.changed(service);
+      dnsView.changed(service);
+      this.dns.invalidate(service);
     });
     this.lessorTimer = setInterval(() => this.runLessor(), lessorIntervalMs);
     this.lessorTimer.unref();
@@ -544,6 +559,7 @@ export class Agent {
     const closing = this.http.close();
     if (this.node.status().role === "leader") await this.handOverLeadership();
     const closed = await Promise.race([closing.then(() => true), sleep(1000).then(() => false)]);
+    await this.dns.close();
     if (!closed) this.logger.warn("requests still in flight at shutdown");
     await this.node.stop();
   }

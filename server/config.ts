@@ -23,6 +23,12 @@ export interface AgentConfig {
   readonly selfPreservationThreshold: number;
   readonly selfPreservationMinInstances: number;
   readonly snapshotEveryEntries: number;
+  /** DNS domain, without the trailing dot. */
+  readonly dnsDomain: string;
+  readonly dnsTtlMs: number;
+  readonly dnsNegativeTtlMs: number;
+  /** SERVFAIL once no leader was heard for this long; null: answer from local state always. */
+  readonly dnsMaxStaleMs: number | null;
   readonly logLevel: string;
 }
 
@@ -62,6 +68,13 @@ export function parsePeers(text: string): Map<string, string> {
     peers.set(parseNodeId(id), parseAddress(address));
   }
   return peers;
+}
+
+function parseDomain(text: string): string {
+  const domain = text.toLowerCase().replace(/\.$/, "");
+  if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(domain))
+    throw new InvalidArgumentError(`"${text}" is not a DNS domain like muster or example.internal`);
+  return domain;
 }
 
 function fraction(text: string): number {
@@ -200,6 +213,27 @@ export function agentOptions(): Option[] {
       positiveInteger,
       "10000",
     ),
+    option(
+      "--dns-domain <domain>",
+      "DNS domain served",
+      "MUSTER_DNS_DOMAIN",
+      parseDomain,
+      "muster",
+    ),
+    option("--dns-ttl <duration>", "TTL of DNS records", "MUSTER_DNS_TTL", parseDuration, "5s"),
+    option(
+      "--dns-negative-ttl <duration>",
+      "SOA minimum: how long resolvers cache a negative DNS answer",
+      "MUSTER_DNS_NEGATIVE_TTL",
+      parseDuration,
+      "5s",
+    ),
+    option(
+      "--dns-max-stale <duration>",
+      "answer SERVFAIL once no leader was heard for this long (default: never)",
+      "MUSTER_DNS_MAX_STALE",
+      parseDuration,
+    ),
     option("--log-level <level>", "pino log level", "MUSTER_LOG_LEVEL", undefined, "info"),
   ];
 }
@@ -262,6 +296,10 @@ export function resolveConfig(command: Command): AgentConfig {
     selfPreservationThreshold: Number(pick("selfPreservationThreshold")),
     selfPreservationMinInstances: Number(pick("selfPreservationMinInstances")),
     snapshotEveryEntries: Number(pick("snapshotEvery")),
+    dnsDomain: pick("dnsDomain") as string,
+    dnsTtlMs: duration("dnsTtl"),
+    dnsNegativeTtlMs: duration("dnsNegativeTtl"),
+    dnsMaxStaleMs: pick("dnsMaxStale") === undefined ? null : duration("dnsMaxStale"),
     logLevel: pick("logLevel") as string,
   };
 }
