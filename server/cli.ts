@@ -1,5 +1,7 @@
-import { Command } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { Packet } from "dns2";
 import { pino } from "pino";
+import { formatResponse, queryDns } from "../dns/client.js";
 import { Agent } from "./agent.js";
 import { agentOptions, resolveConfig } from "./config.js";
 
@@ -46,6 +48,43 @@ const program = new Command("muster")
 const agent = program.command("agent").description("run a muster agent (one node of a cluster)");
 for (const option of agentOptions()) agent.addOption(option);
 agent.action(async (_options, command: Command) => runAgent(command));
+
+program
+  .command("resolve")
+  .description("ask a muster node's DNS what it answers for NAME")
+  .argument("<name>", "e.g. web.service.muster, _web._tcp.service.muster, v1.web.service.muster")
+  .addOption(
+    new Option("--type <type>", "record type")
+      .choices(["A", "AAAA", "SRV", "ANY", "SOA", "TXT"])
+      .default("SRV"),
+  )
+  .addOption(
+    new Option("--server <address>", "the node's DNS address")
+      .env("MUSTER_DNS")
+      .default("127.0.0.1:7753"),
+  )
+  .option("--tcp", "ask over TCP (default: UDP, then TCP when truncated)")
+  .option("--json", "print the decoded response as JSON")
+  .action(
+    async (
+      name: string,
+      options: { type: string; server: string; tcp?: boolean; json?: boolean },
+    ) => {
+      if (!/^[^\s:]+:\d{1,5}$/.test(options.server))
+        throw new InvalidArgumentError(
+          `--server "${options.server}" is not an address like 127.0.0.1:7753`,
+        );
+      const type = Packet.TYPE[options.type as keyof typeof Packet.TYPE];
+      const response = await queryDns(options.server, name, type, {
+        transport: options.tcp === true ? "tcp" : "auto",
+        edns: true,
+        timeoutMs: 3000,
+      });
+      console.log(
+        options.json === true ? JSON.stringify(response, null, 2) : formatResponse(response),
+      );
+    },
+  );
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`muster: ${(error as Error).message}`);
