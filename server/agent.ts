@@ -363,7 +363,20 @@ export class Agent {
     const { index, result } = await this.node.propose(encodeCommand(command), proposeTimeoutMs);
     if (result === undefined) throw new Error("a registry command produced no result");
     if (command.op === "register" && result.ok) this.lessor.registered(command.instance);
+    if (command.op === "session-create" && result.ok) this.lessor.renewSession(command.session.id);
     return { ...result, index };
+  }
+
+  /** Renew a session's TTL on the leader; false when there is no such session. */
+  async renewSession(request: FastifyRequest, reply: FastifyReply, id: string): Promise<unknown> {
+    return this.forwardUnlessLeader(request, reply, async () => {
+      if (!this.lessor.isLeading) throw new RaftError("not-leader", "lessor not started yet");
+      const session = this.fsm.locks.session(id);
+      if (session === undefined || !this.lessor.renewSession(id)) {
+        throw new MusterError("MUSTER_ERR_NOT_FOUND", `no session ${id}`, "id");
+      }
+      return session;
+    });
   }
 
   /** Apply a write through the leader: here when leader, forwarded otherwise. */
@@ -374,9 +387,7 @@ export class Agent {
     shape: (result: Extract<RegistryResult, { ok: true }>) => unknown,
   ): Promise<unknown> {
     return this.forwardUnlessLeader(request, reply, async () => {
-      const outcome = await this.propose(command);
-      if (!outcome.ok) throw new MusterError("MUSTER_ERR_NOT_FOUND", outcome.message);
-      return shape(outcome);
+      return shape(okOrThrow(await this.propose(command)));
     });
   }
 
@@ -390,6 +401,8 @@ export class Agent {
     request: FastifyRequest,
     reply: FastifyReply,
     handle: () => Promise<unknown>,
+    /** How long the leader may take to answer a forwarded request (a blocking acquire waits). */
+    answerWithinMs = leaderWaitMs,
   ): Promise<unknown> {
     const deadline = Date.now() + leaderWaitMs;
     const forwarded = request.headers[forwardedHeader] !== undefined;
@@ -399,7 +412,9 @@ export class Agent {
         if (status.role === "leader") return await handle();
         const leader = status.leader === null ? undefined : this.fsm.member(status.leader);
         const answer =
-          leader === undefined || forwarded ? null : await this.forward(request, leader.http);
+          leader === undefined || forwarded
+            ? null
+            : await this.forward(request, leader.http, answerWithinMs);
         if (answer !== null) {
           if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
           return reply.code(answer.status).send(answer.body);
@@ -421,6 +436,7 @@ export class Agent {
   private async forward(
     request: FastifyRequest,
     leaderHttp: string,
+    answerWithinMs: number,
   ): Promise<{ status: number; body: unknown; retryAfter: string | null } | null> {
     try {
       const response = await fetch(`http://${leaderHttp}${request.url}`, {
@@ -431,7 +447,7 @@ export class Agent {
               headers: { "content-type": "application/json", [forwardedHeader]: "1" },
               body: JSON.stringify(request.body),
             }),
-        signal: AbortSignal.timeout(leaderWaitMs),
+        signal: AbortSignal.timeout(answerWithinMs),
       });
       if (response.status === 503) return null;
       return {
@@ -593,4 +609,15 @@ function ownAddresses(config: AgentConfig): MemberAddresses {
 export function splitAddress(address: string): [string, number] {
   const at = address.lastIndexOf(":");
   return [address.slice(0, at), Number(address.slice(at + 1))];
+}
+
+/** A state machine refusal as the API's error. */
+export function okOrThrow(
+  outcome: RegistryResult & { index: number },
+): Extract<RegistryResult, { ok: true }> & { index: number } {
+  if (outcome.ok) return outcome;
+  throw new MusterError(
+    outcome.code === "conflict" ? "MUSTER_ERR_CONFLICT" : "MUSTER_ERR_NOT_FOUND",
+    outcome.message,
+  );
 }

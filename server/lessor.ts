@@ -1,9 +1,11 @@
-import type {
-  Instance,
-  InstanceRef,
-  InstanceStatus,
-  RegistryCommand,
-  RegistryStateMachine,
+import {
+  type Instance,
+  type InstanceRef,
+  type InstanceStatus,
+  instanceLeaseKey,
+  type RegistryCommand,
+  type RegistryStateMachine,
+  sessionLeaseKey,
 } from "./fsm/registry.js";
 
 export interface LessorOptions {
@@ -51,8 +53,12 @@ export interface SelfPreservationState {
   readonly total: number;
 }
 
-function keyOf(ref: InstanceRef): string {
-  return `${ref.service}\u0000${ref.id}`;
+const keyOf = instanceLeaseKey;
+
+/** A session's countdown: renewed like a heartbeat, ended (and its locks freed) when it runs out. */
+interface SessionLease {
+  expiresAt: number;
+  graceUntil: number;
 }
 
 /**
@@ -64,7 +70,10 @@ export class Lessor {
   private leases = new Map<string, Lease>();
   private leading = false;
   private lastCheckpoint = 0;
-  private inFlight = new Set<"expire" | "evict" | "checkpoint" | "revive">();
+  private sessionLeases = new Map<string, SessionLease>();
+  private inFlight = new Set<
+    "expire" | "evict" | "checkpoint" | "revive" | "session" | "promote"
+  >();
   private engaged = false;
   private atRisk = 0;
   private total = 0;
@@ -76,9 +85,7 @@ export class Lessor {
     private readonly fsm: RegistryStateMachine,
     private readonly options: LessorOptions,
   ) {
-    fsm.onLease((instance) =>
-      this.observed.set(keyOf(instance), this.options.now() + instance.ttlRemainingMs),
-    );
+    fsm.onLease((key, remainingMs) => this.observed.set(key, this.options.now() + remainingMs));
   }
 
   get isLeading(): boolean {
@@ -95,11 +102,28 @@ export class Lessor {
       if (instance.expiredAt === null)
         this.leases.set(keyOf(instance), this.resumed(instance, now));
     }
+    this.sessionLeases.clear();
+    for (const session of this.fsm.locks.allSessions()) {
+      this.sessionLeases.set(session.id, {
+        expiresAt: this.observed.get(sessionLeaseKey(session.id)) ?? now + session.ttlRemainingMs,
+        graceUntil: now + this.options.graceMs,
+      });
+    }
   }
 
   stepDown(): void {
     this.leading = false;
     this.leases.clear();
+    this.sessionLeases.clear();
+  }
+
+  /** Renew a session (also right after it is created); false when the registry has no such session. */
+  renewSession(id: string): boolean {
+    const session = this.fsm.locks.session(id);
+    if (session === undefined) return false;
+    const now = this.options.now();
+    this.sessionLeases.set(id, { expiresAt: now + session.ttlMs, graceUntil: now });
+    return true;
   }
 
   private resumed(instance: Instance, now: number): Lease {
@@ -178,8 +202,12 @@ export class Lessor {
     if (now - this.lastPrune >= this.options.checkpointIntervalMs) {
       this.lastPrune = now;
       for (const key of this.observed.keys()) {
-        const [service, id] = key.split("\u0000") as [string, string];
-        if (this.fsm.instance({ service, id }) === undefined) this.observed.delete(key);
+        const [kind, first, second] = key.split("\u0000") as [string, string, string];
+        const exists =
+          kind === "s"
+            ? this.fsm.locks.session(first) !== undefined
+            : this.fsm.instance({ service: first, id: second }) !== undefined;
+        if (!exists) this.observed.delete(key);
       }
     }
     if (!this.leading) return;
@@ -224,6 +252,7 @@ export class Lessor {
     for (const key of this.leases.keys()) if (!seen.has(key)) this.leases.delete(key);
     this.updateSelfPreservation(atRisk, instances.length);
     if (revive.length > 0) this.submit("revive", revive);
+    this.tickSessions(now, wall);
     if (this.evictionsStopped()) return;
     if (expire.length > 0 && !this.inFlight.has("expire")) {
       for (const ref of expire) {
@@ -239,6 +268,29 @@ export class Lessor {
     }
   }
 
+  /** Sessions run out like instances do (but self-preservation never holds them back). */
+  private tickSessions(now: number, wall: number): void {
+    const ended: RegistryCommand[] = [];
+    const sessions = this.fsm.locks.allSessions();
+    const present = new Set<string>();
+    for (const session of sessions) {
+      present.add(session.id);
+      let lease = this.sessionLeases.get(session.id);
+      if (lease === undefined) {
+        lease = { expiresAt: now + session.ttlRemainingMs, graceUntil: now + this.options.graceMs };
+        this.sessionLeases.set(session.id, lease);
+      }
+      if (now >= lease.expiresAt && now >= lease.graceUntil)
+        ended.push({ op: "session-end", id: session.id, reason: "expired", now: wall });
+    }
+    for (const id of this.sessionLeases.keys()) if (!present.has(id)) this.sessionLeases.delete(id);
+    if (ended.length > 0) this.submit("session", ended);
+    const promotions: RegistryCommand[] = this.fsm.locks
+      .lockedOut(wall)
+      .map((lock) => ({ op: "lock-promote", kind: lock.kind, name: lock.name, now: wall }));
+    if (promotions.length > 0) this.submit("promote", promotions);
+  }
+
   private checkpoint(now: number): void {
     const ttls = [...this.leases].map(([key, lease]) => {
       const [service, id] = key.split("\u0000") as [string, string];
@@ -249,7 +301,12 @@ export class Lessor {
         lastHeartbeatAt: lease.lastHeartbeatWall,
       };
     });
-    if (ttls.length > 0) this.submit("checkpoint", [{ op: "checkpoint", ttls }]);
+    const sessions = [...this.sessionLeases].map(([id, lease]) => ({
+      id,
+      remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
+    }));
+    if (ttls.length > 0 || sessions.length > 0)
+      this.submit("checkpoint", [{ op: "checkpoint", ttls, sessions }]);
   }
 
   private updateSelfPreservation(atRisk: number, total: number): void {
@@ -265,7 +322,10 @@ export class Lessor {
   }
 
   /** One batch of each kind in flight at a time; a failed one is simply retried next tick. */
-  private submit(kind: "expire" | "evict" | "checkpoint" | "revive", commands: RegistryCommand[]) {
+  private submit(
+    kind: "expire" | "evict" | "checkpoint" | "revive" | "session" | "promote",
+    commands: RegistryCommand[],
+  ) {
     if (this.inFlight.has(kind)) return;
     this.inFlight.add(kind);
     Promise.all(commands.map((command) => this.options.propose(command)))

@@ -1,6 +1,15 @@
 import { createHash } from "node:crypto";
 import type { Entry } from "../../raft/core/types.js";
 import type { StateMachine } from "../../raft/node.js";
+import {
+  type Lock,
+  type LockKind,
+  type LockResult,
+  LockTable,
+  type Session,
+  type SessionSpec,
+  type StoredLocks,
+} from "./locks.js";
 
 export type InstanceStatus = "passing" | "warning" | "critical" | "maintenance";
 
@@ -17,6 +26,8 @@ export interface InstanceSpec {
   /** The status the instance reports of itself. */
   readonly status: InstanceStatus;
   readonly ttlMs: number;
+  /** Removed with this session when it ends with behavior "delete". */
+  readonly session: string | null;
 }
 
 export interface Instance extends InstanceSpec {
@@ -73,12 +84,59 @@ export type RegistryCommand =
         readonly remainingMs: number;
         readonly lastHeartbeatAt: number;
       })[];
+      readonly sessions: readonly { readonly id: string; readonly remainingMs: number }[];
     }
-  | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode };
+  | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode }
+  | { readonly op: "session-create"; readonly session: SessionSpec }
+  | {
+      readonly op: "session-end";
+      readonly id: string;
+      readonly reason: "deleted" | "expired";
+      readonly now: number;
+    }
+  | {
+      readonly op: "lock-acquire";
+      readonly kind: LockKind;
+      readonly name: string;
+      readonly session: string;
+      readonly value: string;
+      /** Queue behind the holder instead of failing. */
+      readonly wait: boolean;
+      readonly now: number;
+    }
+  | {
+      readonly op: "lock-release" | "lock-cancel";
+      readonly kind: LockKind;
+      readonly name: string;
+      readonly session: string;
+      readonly now: number;
+    }
+  /** A lock's delay ran out with waiters queued: the first one gets it. */
+  | {
+      readonly op: "lock-promote";
+      readonly kind: LockKind;
+      readonly name: string;
+      readonly now: number;
+    };
 
 export type RegistryResult =
-  | { readonly ok: true; readonly instance?: Instance; readonly changed?: number }
-  | { readonly ok: false; readonly code: "not-found"; readonly message: string };
+  | {
+      readonly ok: true;
+      readonly instance?: Instance;
+      readonly changed?: number;
+      readonly session?: Session;
+      readonly lock?: { readonly acquired: boolean; readonly lock: Lock };
+    }
+  | { readonly ok: false; readonly code: "not-found" | "conflict"; readonly message: string };
+
+/** Lease keys: what the lessor counts down, instances and sessions alike. */
+export function instanceLeaseKey(ref: InstanceRef): string {
+  return `i\u0000${ref.service}\u0000${ref.id}`;
+}
+
+export function sessionLeaseKey(id: string): string {
+  return `s\u0000${id}`;
+}
 
 /** Maps, never plain objects, so that no name a client sends can touch a prototype. */
 interface RegistryState {
@@ -114,10 +172,11 @@ interface StoredRegistry {
   }[];
   readonly servicesIndex: number;
   readonly selfPreservation: SelfPreservationMode;
+  readonly locks: StoredLocks;
   readonly appliedIndex: number;
 }
 
-function toStored(state: RegistryState): StoredRegistry {
+function toStored(state: RegistryState, locks: StoredLocks): StoredRegistry {
   const byKey = <T>(entries: Iterable<[string, T]>) =>
     [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return {
@@ -129,6 +188,7 @@ function toStored(state: RegistryState): StoredRegistry {
     })),
     servicesIndex: state.servicesIndex,
     selfPreservation: state.selfPreservation,
+    locks,
     appliedIndex: state.appliedIndex,
   };
 }
@@ -162,7 +222,9 @@ export function encodeCommand(command: RegistryCommand): Uint8Array {
 export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private state = emptyState();
   private readonly listeners = new Set<(service: string | null, index: number) => void>();
-  private readonly leaseListeners = new Set<(instance: Instance) => void>();
+  private readonly leaseListeners = new Set<(key: string, remainingMs: number) => void>();
+  /** Sessions and locks; a lock's watchers are woken under the key "lock:<name>". */
+  readonly locks = new LockTable((key) => this.notify(key, this.state.appliedIndex));
 
   apply(entry: Entry & { type: "normal" }): RegistryResult {
     const command = JSON.parse(new TextDecoder().decode(entry.data)) as RegistryCommand;
@@ -196,7 +258,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
           },
           index,
         );
-        this.leaseChanged(updated);
+        this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs);
         return { ok: true, instance: updated };
       }
       case "expire": {
@@ -238,17 +300,60 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
             modifyIndex: instance.modifyIndex,
           });
           this.put(updated);
-          this.leaseChanged(updated);
+          this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs);
+        }
+        for (const ttl of command.sessions) {
+          if (this.locks.renewCheckpoint(ttl.id, ttl.remainingMs) !== undefined)
+            this.leaseChanged(sessionLeaseKey(ttl.id), ttl.remainingMs);
         }
         return { ok: true };
       }
       case "self-preservation":
         this.state.selfPreservation = command.mode;
         return { ok: true };
+      case "session-create": {
+        const session = this.locks.createSession(command.session, index);
+        this.leaseChanged(sessionLeaseKey(session.id), session.ttlMs);
+        return { ok: true, session };
+      }
+      case "session-end": {
+        const session = this.locks.endSession(command.id, command.now, index);
+        if (session === undefined)
+          return { ok: false, code: "not-found", message: `no session ${command.id}` };
+        if (session.behavior === "delete") {
+          for (const instance of this.allInstances())
+            if (instance.session === session.id) this.remove(instance, index);
+        }
+        return { ok: true, session };
+      }
+      case "lock-acquire":
+        return lockOutcome(
+          this.locks.acquire(
+            command.kind,
+            command.name,
+            command.session,
+            command.value,
+            command.wait,
+            command.now,
+            index,
+          ),
+        );
+      case "lock-release":
+        return lockOutcome(
+          this.locks.release(command.kind, command.name, command.session, command.now, index),
+        );
+      case "lock-cancel":
+        return lockOutcome(this.locks.cancel(command.kind, command.name, command.session, index));
+      case "lock-promote":
+        this.locks.promote(command.kind, command.name, command.now, index);
+        return { ok: true };
     }
   }
 
   private register(spec: InstanceSpec, now: number, index: number): RegistryResult {
+    if (spec.session !== null && this.locks.session(spec.session) === undefined) {
+      return { ok: false, code: "not-found", message: `no session ${spec.session}` };
+    }
     const previous = this.find(spec);
     const stored = instanceOf(spec, {
       output: "",
@@ -261,7 +366,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     });
     this.put(stored);
     this.touch(spec.service, index);
-    this.leaseChanged(stored);
+    this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs);
     return { ok: true, instance: stored };
   }
 
@@ -316,21 +421,21 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   }
 
   snapshot(): Uint8Array {
-    return new TextEncoder().encode(JSON.stringify(toStored(this.state)));
+    return new TextEncoder().encode(JSON.stringify(toStored(this.state, this.locks.toStored())));
   }
 
   restore(data: Uint8Array): void {
-    this.state =
-      data.length === 0
-        ? emptyState()
-        : fromStored(JSON.parse(new TextDecoder().decode(data)) as StoredRegistry);
+    const stored =
+      data.length === 0 ? null : (JSON.parse(new TextDecoder().decode(data)) as StoredRegistry);
+    this.state = stored === null ? emptyState() : fromStored(stored);
+    this.locks.restore(stored?.locks);
     this.notify(null, this.state.appliedIndex);
   }
 
   /** A hash of the whole state, equal on replicas that applied the same log. */
   stateHash(): { appliedIndex: number; hash: string } {
     const hash = createHash("sha256")
-      .update(JSON.stringify(toStored(this.state)))
+      .update(JSON.stringify(toStored(this.state, this.locks.toStored())))
       .digest("hex");
     return { appliedIndex: this.state.appliedIndex, hash };
   }
@@ -397,13 +502,13 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
    * Called when an entry restarts an instance's countdown (a registration, a status change,
    * a checkpoint): followers note when, to resume it from there if they come to lead.
    */
-  onLease(listener: (instance: Instance) => void): () => void {
+  onLease(listener: (key: string, remainingMs: number) => void): () => void {
     this.leaseListeners.add(listener);
     return () => this.leaseListeners.delete(listener);
   }
 
-  private leaseChanged(instance: Instance): void {
-    for (const listener of this.leaseListeners) listener(instance);
+  private leaseChanged(key: string, remainingMs: number): void {
+    for (const listener of this.leaseListeners) listener(key, remainingMs);
   }
 
   private notify(service: string | null, index: number): void {
@@ -437,6 +542,7 @@ function fieldsOf(instance: InstanceSpec): InstanceSpec {
     version: instance.version,
     status: instance.status,
     ttlMs: instance.ttlMs,
+    session: instance.session,
   };
 }
 
@@ -459,6 +565,7 @@ function instanceOf(
     version: spec.version,
     status: spec.status,
     ttlMs: spec.ttlMs,
+    session: spec.session,
     effectiveStatus: state.expiredAt === null ? spec.status : "critical",
     output: state.output,
     expiredAt: state.expiredAt,
@@ -468,4 +575,9 @@ function instanceOf(
     createIndex: state.createIndex,
     modifyIndex: state.modifyIndex,
   };
+}
+
+function lockOutcome(result: LockResult): RegistryResult {
+  if (!result.ok) return result;
+  return { ok: true, lock: { acquired: result.acquired, lock: result.lock } };
 }

@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { RaftError } from "../../raft/node.js";
 import type { Agent } from "../agent.js";
 import { MusterError } from "../errors.js";
+import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
 import { MemberBody, SelfPreservationBody } from "./schemas.js";
 
@@ -78,6 +79,7 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
   );
 
   app.register(registryRoutes(agent));
+  app.register(lockRoutes(agent));
 
   app.register(async (scope) => {
     const cluster = scope.withTypeProvider<TypeBoxTypeProvider>();

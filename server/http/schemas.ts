@@ -3,6 +3,7 @@ import { Type } from "@fastify/type-provider-typebox";
 /** DNS label: services and tags appear in DNS names. */
 export const labelPattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 const idPattern = "^[A-Za-z0-9._-]{1,128}$";
+export const sessionIdPattern = "^[0-9a-f-]{36}$";
 const metaKeyPattern = "^[A-Za-z0-9._/-]{1,128}$";
 const durationPattern = "^\\d{1,9}(ms|s|m|h)$";
 
@@ -35,6 +36,7 @@ export const RegisterBody = Type.Object(
     version: Type.Optional(Type.String({ maxLength: 128 })),
     ttl: Type.Optional(Duration),
     status: Type.Optional(Status),
+    session: Type.Optional(Type.String({ pattern: sessionIdPattern })),
   },
   { additionalProperties: false },
 );

@@ -1,0 +1,380 @@
+import { randomUUID } from "node:crypto";
+import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { type Agent, okOrThrow } from "../agent.js";
+import { parseDuration } from "../config.js";
+import { MusterError } from "../errors.js";
+import { type Lock, type LockKind, lockKey, type Session } from "../fsm/locks.js";
+import { Duration, formatDuration, ReadQuery, sessionIdPattern } from "./schemas.js";
+
+const defaultSessionTtlMs = 15_000;
+const maxSessionTtlMs = 3_600_000;
+const maxLockDelayMs = 60_000;
+const maxWaitMs = 5 * 60_000;
+/** Time for a forwarded blocking acquire to come back beyond its own wait. */
+const answerMarginMs = 5000;
+
+const SessionId = Type.String({ pattern: sessionIdPattern });
+const LockName = Type.String({ pattern: "^[A-Za-z0-9._/-]{1,128}$" });
+const SessionParams = Type.Object({ id: SessionId });
+const NameParams = Type.Object({ name: LockName });
+const Value = Type.String({ maxLength: 1024 });
+
+const SessionBody = Type.Object(
+  {
+    ttl: Type.Optional(Duration),
+    name: Type.Optional(Type.String({ maxLength: 128 })),
+    behavior: Type.Optional(Type.Union([Type.Literal("release"), Type.Literal("delete")])),
+    lockDelay: Type.Optional(Duration),
+  },
+  { additionalProperties: false },
+);
+const AcquireBody = Type.Object(
+  { session: SessionId, value: Type.Optional(Value), wait: Type.Optional(Duration) },
+  { additionalProperties: false },
+);
+const ReleaseBody = Type.Object({ session: SessionId }, { additionalProperties: false });
+const CheckBody = Type.Object(
+  { token: Type.Integer({ minimum: 1 }) },
+  { additionalProperties: false },
+);
+const CampaignBody = Type.Object(
+  { session: SessionId, value: Value, wait: Type.Optional(Duration) },
+  { additionalProperties: false },
+);
+
+export function sessionView(session: Session) {
+  return {
+    id: session.id,
+    name: session.name,
+    ttl: formatDuration(session.ttlMs),
+    behavior: session.behavior,
+    lockDelay: formatDuration(session.lockDelayMs),
+    createIndex: session.createIndex,
+  };
+}
+
+function holderView(lock: Lock | undefined) {
+  const holder = lock?.holder;
+  if (holder === undefined || holder === null) return null;
+  return {
+    session: holder.session,
+    token: holder.token,
+    value: holder.value,
+    since: new Date(holder.since).toISOString(),
+  };
+}
+
+function lockView(agent: Agent, kind: LockKind, name: string) {
+  const lock = agent.fsm.locks.lock(kind, name);
+  return { lock, index: lock?.index ?? 0 };
+}
+
+function bounded(text: string | undefined, field: string, max: number): number {
+  if (text === undefined) return 0;
+  const ms = parseDuration(text);
+  if (ms > max) {
+    throw new MusterError(
+      "MUSTER_ERR_BAD_REQUEST",
+      `${field} must be at most ${formatDuration(max)}`,
+      field,
+    );
+  }
+  return ms;
+}
+
+/**
+ * Acquire on the leader; with a wait, queue behind the holder and watch until granted
+ * (decided by the state machine, in arrival order) or the wait ends, then leave the queue.
+ */
+async function acquire(
+  agent: Agent,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  kind: LockKind,
+  name: string,
+  session: string,
+  value: string,
+  waitMs: number,
+): Promise<{ acquired: boolean; lock: Lock | undefined }> {
+  const outcome = (await agent.forwardUnlessLeader(
+    request,
+    reply,
+    async () => {
+      const command = { kind, name, session, value, now: Date.now() };
+      const result = okOrThrow(
+        await agent.propose({ op: "lock-acquire", ...command, wait: waitMs > 0 }),
+      );
+      if (result.lock?.acquired === true || waitMs === 0)
+        return { acquired: result.lock?.acquired === true };
+      const gone = new AbortController();
+      request.raw.once("close", () => gone.abort());
+      const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
+      const held = () => agent.fsm.locks.lock(kind, name)?.holder?.session === session;
+      while (!held() && !signal.aborted) await agent.watches.next(lockKey(kind, name), signal);
+      if (held()) return { acquired: true };
+      const cancelled = okOrThrow(await agent.propose({ op: "lock-cancel", ...command }));
+      return { acquired: cancelled.lock?.acquired === true };
+    },
+    waitMs + answerMarginMs,
+  )) as { acquired: boolean } | unknown;
+  if (reply.sent || typeof outcome !== "object" || outcome === null || !("acquired" in outcome)) {
+    // Forwarded: the leader's answer has been passed on as it was.
+    return { acquired: false, lock: undefined };
+  }
+  return {
+    acquired: (outcome as { acquired: boolean }).acquired,
+    lock: agent.fsm.locks.lock(kind, name),
+  };
+}
+
+/** Sessions, locks with fencing tokens, and elections built on locks. */
+export function lockRoutes(agent: Agent) {
+  return async (scope: FastifyInstance) => {
+    const app = scope.withTypeProvider<TypeBoxTypeProvider>();
+
+    app.post(
+      "/v1/sessions",
+      {
+        schema: { body: SessionBody },
+        // Every field has a default: a bare POST creates a session.
+        preValidation: async (request) => {
+          request.body ??= {};
+        },
+      },
+      async (request, reply) => {
+        const body = request.body;
+        const ttlMs = body.ttl === undefined ? defaultSessionTtlMs : parseDuration(body.ttl);
+        if (ttlMs < agent.minTtlMs || ttlMs > maxSessionTtlMs) {
+          throw new MusterError(
+            "MUSTER_ERR_BAD_REQUEST",
+            `ttl must be between ${formatDuration(agent.minTtlMs)} and 1h`,
+            "ttl",
+          );
+        }
+        const lockDelayMs =
+          body.lockDelay === undefined
+            ? agent.config.lockDelayMs
+            : bounded(body.lockDelay, "lockDelay", maxLockDelayMs);
+        return agent.forwardUnlessLeader(request, reply, async () => {
+          const result = okOrThrow(
+            await agent.propose({
+              op: "session-create",
+              session: {
+                id: randomUUID(),
+                name: body.name ?? "",
+                ttlMs,
+                behavior: body.behavior ?? "release",
+                lockDelayMs,
+              },
+            }),
+          );
+          if (result.session === undefined) throw new Error("session-create produced no session");
+          return sessionView(result.session);
+        });
+      },
+    );
+
+    app.put(
+      "/v1/sessions/:id/renew",
+      { schema: { params: SessionParams } },
+      async (request, reply) => {
+        const renewed = await agent.renewSession(request, reply, request.params.id);
+        return reply.sent ? renewed : sessionView(renewed as Session);
+      },
+    );
+
+    app.delete("/v1/sessions/:id", { schema: { params: SessionParams } }, async (request, reply) =>
+      agent.write(
+        request,
+        reply,
+        { op: "session-end", id: request.params.id, reason: "deleted", now: Date.now() },
+        () => ({
+          id: request.params.id,
+          deleted: true,
+        }),
+      ),
+    );
+
+    app.get(
+      "/v1/sessions/:id",
+      { schema: { params: SessionParams, querystring: ReadQuery } },
+      async (request) => {
+        await agent.read(request.query.consistency ?? "default");
+        const session = agent.fsm.locks.session(request.params.id);
+        if (session === undefined)
+          throw new MusterError("MUSTER_ERR_NOT_FOUND", `no session ${request.params.id}`, "id");
+        return sessionView(session);
+      },
+    );
+
+    app.post(
+      "/v1/locks/:name/acquire",
+      { schema: { params: NameParams, body: AcquireBody } },
+      async (request, reply) => {
+        const { name } = request.params;
+        const { session, value = "" } = request.body;
+        const waitMs = bounded(request.body.wait, "wait", maxWaitMs);
+        const result = await acquire(agent, request, reply, "lock", name, session, value, waitMs);
+        if (reply.sent) return reply;
+        const holder = holderView(result.lock);
+        if (result.acquired && holder !== null) return { acquired: true, token: holder.token };
+        return reply.code(409).send({ acquired: false, holder });
+      },
+    );
+
+    app.post(
+      "/v1/locks/:name/release",
+      { schema: { params: NameParams, body: ReleaseBody } },
+      async (request, reply) =>
+        agent.write(
+          request,
+          reply,
+          {
+            op: "lock-release",
+            kind: "lock",
+            name: request.params.name,
+            session: request.body.session,
+            now: Date.now(),
+          },
+          () => ({ released: true }),
+        ),
+    );
+
+    app.get(
+      "/v1/locks/:name",
+      { schema: { params: NameParams, querystring: ReadQuery } },
+      async (request, reply) => {
+        const view = await blockingLockRead(agent, request, "lock", request.params.name);
+        reply.header("X-Muster-Index", String(view.index));
+        return {
+          holder: holderView(view.lock),
+          waiters: view.lock?.waiters.length ?? 0,
+          index: view.index,
+        };
+      },
+    );
+
+    app.post(
+      "/v1/locks/:name/check",
+      { schema: { params: NameParams, body: CheckBody } },
+      async (request, reply) => {
+        await agent.read("linearizable");
+        const holder = holderView(agent.fsm.locks.lock("lock", request.params.name));
+        if (holder?.token === request.body.token) return { current: true, token: holder.token };
+        return reply.code(409).send({ current: false, token: holder?.token ?? null });
+      },
+    );
+
+    app.post(
+      "/v1/elections/:name/campaign",
+      { schema: { params: NameParams, body: CampaignBody } },
+      async (request, reply) => {
+        const { name } = request.params;
+        const waitMs = bounded(request.body.wait, "wait", maxWaitMs);
+        const result = await acquire(
+          agent,
+          request,
+          reply,
+          "election",
+          name,
+          request.body.session,
+          request.body.value,
+          waitMs,
+        );
+        if (reply.sent) return reply;
+        const leader = holderView(result.lock);
+        if (result.acquired && leader !== null) return { elected: true, token: leader.token };
+        return reply.code(409).send({ elected: false, leader });
+      },
+    );
+
+    app.post(
+      "/v1/elections/:name/resign",
+      { schema: { params: NameParams, body: ReleaseBody } },
+      async (request, reply) =>
+        agent.write(
+          request,
+          reply,
+          {
+            op: "lock-release",
+            kind: "election",
+            name: request.params.name,
+            session: request.body.session,
+            now: Date.now(),
+          },
+          () => ({ resigned: true }),
+        ),
+    );
+
+    app.get(
+      "/v1/elections/:name",
+      { schema: { params: NameParams, querystring: ReadQuery } },
+      async (request, reply) => {
+        const view = await blockingLockRead(agent, request, "election", request.params.name);
+        reply.header("X-Muster-Index", String(view.index));
+        return { leader: holderView(view.lock), index: view.index };
+      },
+    );
+
+    app.get(
+      "/v1/watch/elections/:name",
+      { schema: { params: NameParams } },
+      async (request, reply) => {
+        const { name } = request.params;
+        await agent.read("default");
+        const gone = new AbortController();
+        request.raw.once("close", () => gone.abort());
+        reply.hijack();
+        reply.raw.writeHead(200, {
+          "content-type": "text/event-stream",
+          "cache-control": "no-cache",
+          connection: "keep-alive",
+          ...agent.stalenessHeaders(),
+        });
+        let sent = -1;
+        try {
+          while (!gone.signal.aborted) {
+            const view = lockView(agent, "election", name);
+            if (view.index > sent) {
+              sent = view.index;
+              const data = JSON.stringify({ leader: holderView(view.lock), index: view.index });
+              reply.raw.write(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
+            }
+            await agent.watches.next(lockKey("election", name), gone.signal);
+          }
+        } finally {
+          reply.raw.end();
+        }
+      },
+    );
+  };
+}
+
+async function blockingLockRead(
+  agent: Agent,
+  request: FastifyRequest,
+  kind: LockKind,
+  name: string,
+) {
+  const query = request.query as {
+    consistency?: "stale" | "default" | "linearizable";
+    index?: number;
+    wait?: string;
+  };
+  await agent.read(query.consistency ?? "default");
+  let view = lockView(agent, kind, name);
+  if (query.index === undefined || view.index > query.index) return view;
+  const waitMs = Math.min(
+    query.wait === undefined ? maxWaitMs : parseDuration(query.wait),
+    maxWaitMs,
+  );
+  const gone = new AbortController();
+  request.raw.once("close", () => gone.abort());
+  const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
+  while (view.index <= query.index && !signal.aborted) {
+    await agent.watches.next(lockKey(kind, name), signal);
+    view = lockView(agent, kind, name);
+  }
+  return view;
+}
