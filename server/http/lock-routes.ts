@@ -332,13 +332,16 @@ export function lockRoutes(agent: Agent) {
           connection: "keep-alive",
           ...agent.stalenessHeaders(),
         });
-        let sent = -1;
+        // Observers hear of each change of leader, "no leader" included, not of queue changes.
+        let sent: number | null | undefined;
         try {
           while (!gone.signal.aborted) {
             const view = lockView(agent, "election", name);
-            if (view.index > sent) {
-              sent = view.index;
-              const data = JSON.stringify({ leader: holderView(view.lock), index: view.index });
+            const leader = holderView(view.lock);
+            const token = leader?.token ?? null;
+            if (token !== sent) {
+              sent = token;
+              const data = JSON.stringify({ leader, index: view.index });
               reply.raw.write(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
             }
             await agent.watches.next(lockKey("election", name), gone.signal);
