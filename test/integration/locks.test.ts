@@ -241,6 +241,33 @@ describe("locks with fencing tokens on a three-node cluster", () => {
     expect(events.some((event) => event.leader === null)).toBe(true);
   }, 60_000);
 
+  it("a session with behavior delete takes its instances with it; release keeps them", async () => {
+    const deleting = await createSession("n1", { behavior: "delete" });
+    const releasing = await createSession("n2");
+    for (const [id, session] of [
+      ["d1", deleting],
+      ["r1", releasing],
+    ] as const) {
+      const answer = await call("n3", "PUT", `/v1/services/web/instances/${id}`, {
+        address: "10.0.0.1",
+        port: 80,
+        session,
+      });
+      expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+      expect(answer.body.session).toBe(session);
+    }
+    const unknown = await call("n1", "PUT", "/v1/services/web/instances/x1", {
+      address: "10.0.0.1",
+      port: 80,
+      session: "00000000-0000-0000-0000-000000000000",
+    });
+    expect(unknown.status).toBe(404);
+    expect((await call("n2", "DELETE", `/v1/sessions/${deleting}`)).status).toBe(200);
+    expect((await call("n1", "DELETE", `/v1/sessions/${releasing}`)).status).toBe(200);
+    const web = await call("n3", "GET", "/v1/services/web?consistency=linearizable");
+    expect((web.body.instances as { id: string }[]).map((i) => i.id)).toEqual(["r1"]);
+  });
+
   it("answers bad input with the right status and field, and changes nothing", async () => {
     const session = await createSession("n1");
     const other = await createSession("n2");
