@@ -16,6 +16,7 @@ function instance(id: string, fields: Partial<Instance> = {}): Instance {
     version: "",
     status: "passing",
     ttlMs: 10_000,
+    session: null,
     effectiveStatus: "passing",
     output: "",
     expiredAt: null,

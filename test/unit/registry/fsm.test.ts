@@ -64,6 +64,7 @@ describe("registry state machine", () => {
     log.apply({
       op: "checkpoint",
       ttls: [{ service: "web", id: "a", remainingMs: 4000, lastHeartbeatAt: 7 }],
+      sessions: [],
     });
     expect(woken).toEqual([]);
     expect(log.fsm.instances("web").index).toBe(1);

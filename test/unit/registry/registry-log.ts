@@ -18,6 +18,7 @@ export function spec(service: string, id: string, ttlMs = 10_000): InstanceSpec 
     version: "",
     status: "passing",
     ttlMs,
+    session: null,
   };
 }
 
