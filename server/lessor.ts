@@ -10,8 +10,8 @@ import {
 
 export interface LessorOptions {
   /**
-   * A new leader expires nothing for this long: time for every live instance to find it
-   * and heartbeat (at least a checkpoint interval plus an election timeout).
+   * A new leader expires nothing for min(TTL / 2, this) after it takes over: time for live
+   * clients to find it (a checkpoint interval plus the longest election timeout).
    */
   readonly graceMs: number;
   readonly checkpointIntervalMs: number;
@@ -30,6 +30,7 @@ export interface LessorOptions {
 }
 
 interface Lease {
+  readonly ref: InstanceRef;
   /** Monotonic time at which the TTL runs out; never moved later by a change of leader. */
   expiresAt: number;
   /** A new leader waits at least until here before it expires anything. */
@@ -54,6 +55,10 @@ export interface SelfPreservationState {
 }
 
 const keyOf = instanceLeaseKey;
+
+function refOf(instance: InstanceRef): InstanceRef {
+  return { service: instance.service, id: instance.id };
+}
 
 /** A session's countdown: renewed like a heartbeat, ended (and its locks freed) when it runs out. */
 interface SessionLease {
@@ -106,9 +111,14 @@ export class Lessor {
     for (const session of this.fsm.locks.allSessions()) {
       this.sessionLeases.set(session.id, {
         expiresAt: this.observed.get(sessionLeaseKey(session.id)) ?? now + session.ttlRemainingMs,
-        graceUntil: now + this.options.graceMs,
+        graceUntil: now + this.graceFor(session.ttlMs),
       });
     }
+  }
+
+  /** Long enough for a client renewing at a third of its TTL to reach the new leader. */
+  private graceFor(ttlMs: number): number {
+    return Math.min(ttlMs / 2, this.options.graceMs);
   }
 
   stepDown(): void {
@@ -129,8 +139,9 @@ export class Lessor {
   private resumed(instance: Instance, now: number): Lease {
     // Restored from a snapshot, the countdown's start is unknown: count from now.
     return {
+      ref: refOf(instance),
       expiresAt: this.observed.get(keyOf(instance)) ?? now + instance.ttlRemainingMs,
-      graceUntil: now + this.options.graceMs,
+      graceUntil: now + this.graceFor(instance.ttlMs),
       renewedAt: now,
       lastHeartbeatWall: instance.lastHeartbeatAt,
       expireProposedAt: null,
@@ -147,6 +158,7 @@ export class Lessor {
   private fresh(instance: Instance): Lease {
     const now = this.options.now();
     return {
+      ref: refOf(instance),
       expiresAt: now + instance.ttlMs,
       graceUntil: now,
       renewedAt: now,
@@ -213,7 +225,7 @@ export class Lessor {
     if (!this.leading) return;
     const wall = this.options.wallClock();
     const instances = this.fsm.allInstances();
-    const expire: InstanceRef[] = [];
+    const expire: Instance[] = [];
     const evict: InstanceRef[] = [];
     const revive: RegistryCommand[] = [];
     let atRisk = 0;
@@ -253,19 +265,21 @@ export class Lessor {
     this.updateSelfPreservation(atRisk, instances.length);
     if (revive.length > 0) this.submit("revive", revive);
     this.tickSessions(now, wall);
+    if (now - this.lastCheckpoint >= this.options.checkpointIntervalMs) {
+      this.lastCheckpoint = now;
+      this.checkpoint(now);
+    }
     if (this.evictionsStopped()) return;
     if (expire.length > 0 && !this.inFlight.has("expire")) {
       for (const ref of expire) {
         const lease = this.leases.get(keyOf(ref));
         if (lease !== undefined) lease.expireProposedAt = now;
       }
-      this.submit("expire", [{ op: "expire", instances: expire.map(refOf), now: wall }]);
+      // Pinned to the version decided about: a registration meanwhile keeps its instance.
+      const instances = expire.map((i) => ({ ...refOf(i), modifyIndex: i.modifyIndex }));
+      this.submit("expire", [{ op: "expire", instances, now: wall }]);
     }
     if (evict.length > 0) this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
-    if (now - this.lastCheckpoint >= this.options.checkpointIntervalMs) {
-      this.lastCheckpoint = now;
-      this.checkpoint(now);
-    }
   }
 
   /** Sessions run out like instances do (but self-preservation never holds them back). */
@@ -277,7 +291,10 @@ export class Lessor {
       present.add(session.id);
       let lease = this.sessionLeases.get(session.id);
       if (lease === undefined) {
-        lease = { expiresAt: now + session.ttlRemainingMs, graceUntil: now + this.options.graceMs };
+        lease = {
+          expiresAt: now + session.ttlRemainingMs,
+          graceUntil: now + this.graceFor(session.ttlMs),
+        };
         this.sessionLeases.set(session.id, lease);
       }
       if (now >= lease.expiresAt && now >= lease.graceUntil)
@@ -292,15 +309,12 @@ export class Lessor {
   }
 
   private checkpoint(now: number): void {
-    const ttls = [...this.leases].map(([key, lease]) => {
-      const [service, id] = key.split("\u0000") as [string, string];
-      return {
-        service,
-        id,
-        remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
-        lastHeartbeatAt: lease.lastHeartbeatWall,
-      };
-    });
+    const ttls = [...this.leases.values()].map((lease) => ({
+      service: lease.ref.service,
+      id: lease.ref.id,
+      remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
+      lastHeartbeatAt: lease.lastHeartbeatWall,
+    }));
     const sessions = [...this.sessionLeases].map(([id, lease]) => ({
       id,
       remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
@@ -339,8 +353,4 @@ export class Lessor {
       .catch(() => undefined)
       .finally(() => this.inFlight.delete(kind));
   }
-}
-
-function refOf(instance: InstanceRef): InstanceRef {
-  return { service: instance.service, id: instance.id };
 }

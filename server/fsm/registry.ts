@@ -74,7 +74,11 @@ export type RegistryCommand =
       readonly now: number;
     })
   /** TTLs that ran out on the leader: these turn critical (batched). */
-  | { readonly op: "expire"; readonly instances: readonly InstanceRef[]; readonly now: number }
+  | {
+      readonly op: "expire";
+      readonly instances: readonly (InstanceRef & { readonly modifyIndex: number })[];
+      readonly now: number;
+    }
   /** Instances critical for longer than deregisterAfter: removed unless revived meanwhile. */
   | { readonly op: "evict"; readonly instances: readonly InstanceRef[] }
   /** The TTL left for every running lease, so that a new leader resumes the countdowns. */
@@ -266,6 +270,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         for (const ref of command.instances) {
           const instance = this.find(ref);
           if (instance === undefined || instance.expiredAt !== null) continue;
+          if (instance.modifyIndex !== ref.modifyIndex) continue;
           this.update(
             instance,
             { expiredAt: command.now, output: "TTL expired", ttlRemainingMs: 0 },

@@ -21,7 +21,11 @@ describe("registry state machine", () => {
   it("an expired TTL shows as critical but keeps the reported status, and a heartbeat revives it", () => {
     const log = new Log();
     log.apply({ op: "register", instance: { ...spec("web", "a"), status: "warning" }, now: 0 });
-    log.apply({ op: "expire", instances: [{ service: "web", id: "a" }], now: 10_000 });
+    log.apply({
+      op: "expire",
+      instances: [{ service: "web", id: "a", modifyIndex: 1 }],
+      now: 10_000,
+    });
     expect(log.fsm.instance({ service: "web", id: "a" })).toMatchObject({
       status: "warning",
       effectiveStatus: "critical",
@@ -50,7 +54,11 @@ describe("registry state machine", () => {
       { service: "web", id: "a" },
       { service: "web", id: "b" },
     ];
-    log.apply({ op: "expire", instances: both, now: 1 });
+    log.apply({
+      op: "expire",
+      instances: both.map((ref, i) => ({ ...ref, modifyIndex: i + 1 })),
+      now: 1,
+    });
     log.apply({ op: "set-status", service: "web", id: "b", status: "passing", output: "", now: 2 });
     expect(log.apply({ op: "evict", instances: both })).toEqual({ ok: true, changed: 1 });
     expect(log.fsm.instances("web").instances.map((i) => i.id)).toEqual(["b"]);

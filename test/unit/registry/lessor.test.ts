@@ -5,8 +5,9 @@ import { Log, spec } from "./registry-log.js";
 
 const ttlMs = 10_000;
 const checkpointIntervalMs = 2000;
-/** A checkpoint interval plus an election timeout. */
-const graceMs = checkpointIntervalMs + 1000;
+const electionTimeoutMs = 1000;
+/** A checkpoint interval plus the longest election timeout (capped at TTL / 2). */
+const graceMs = checkpointIntervalMs + electionTimeoutMs;
 const deregisterAfterMs = 30_000;
 const tickMs = 100;
 
@@ -41,8 +42,8 @@ class Bench {
     });
   }
 
-  register(lessor: Lessor, service: string, id: string): InstanceRef {
-    this.log.apply({ op: "register", instance: spec(service, id, ttlMs), now: this.now });
+  register(lessor: Lessor, service: string, id: string, ttl = ttlMs): InstanceRef {
+    this.log.apply({ op: "register", instance: spec(service, id, ttl), now: this.now });
     lessor.registered({ service, id });
     return { service, id };
   }
@@ -139,50 +140,80 @@ describe("TTL lessor", () => {
     expect(bench.status(ref)).toBe("passing");
   });
 
-  it("a new leader resumes a countdown from the last checkpoint, after a grace for live instances", async () => {
+  it("a new leader resumes each countdown where the applied entries left it, after a grace", async () => {
     const bench = new Bench();
     const first = bench.lessor;
-    // A follower's lessor watches the same entries apply.
     const second = bench.newLessor();
     first.becomeLeader();
     const early = bench.register(first, "web", "early");
     await bench.run(first, 4000);
     const late = bench.register(first, "web", "late");
-    // Heartbeats stop; the checkpoint at 6 s records 4 s left for one and 8 s for the other.
-    await bench.run(first, 2000 + tickMs);
+    const live = bench.register(first, "web", "live");
+    // The checkpoint at 6 s records 4 s left for "early" and 8 s for "late"; "live" heartbeats.
+    await bench.run(first, 2000 + tickMs, [live]);
     first.stepDown();
-    // 1.5 s later the follower wins the election.
-    await bench.run(second, 1500);
+    // 1.5 s later another node, which applied the same entries, wins the election.
+    bench.now += 1500;
     const promotedAt = bench.now;
     second.becomeLeader();
+    // Time passed during the election: "early" ran out at 10 s, so the grace decides.
     const earlyAt = await bench.criticalAt(second, early, promotedAt + 2 * ttlMs);
-    const lateAt = await bench.criticalAt(second, late, promotedAt + 2 * ttlMs);
-    // 4 s left less 1.5 s is before the grace ends: the grace wins.
     expect(earlyAt).toBe(promotedAt + graceMs);
-    // 8 s left less 1.6 s since the checkpoint: the countdown, not a fresh TTL.
-    expect((lateAt ?? 0) - promotedAt).toBeGreaterThanOrEqual(8000 - 1600 - tickMs);
-    expect((lateAt ?? 0) - promotedAt).toBeLessThanOrEqual(8000 - 1500 + tickMs);
+    // "late" runs out at 14 s, as it would have on the old leader: not a fresh TTL.
+    const lateAt = await bench.criticalAt(second, late, promotedAt + 2 * ttlMs);
+    expect(lateAt).toBe(14_000);
+    await bench.run(second, 2 * ttlMs, [live]);
+    expect(bench.status(live)).toBe("passing");
+    // The checkpoints carried each countdown's heartbeat time too.
+    expect(bench.log.fsm.instance(live)?.lastHeartbeatAt).toBeGreaterThan(1_000_000 + promotedAt);
   });
 
-  it("leaders replaced one after another never keep a silent instance alive past TTL + grace", async () => {
+  it("a failover never evicts an instance heartbeating at a third of a long TTL", async () => {
+    const bench = new Bench();
+    const first = bench.lessor;
+    const second = bench.newLessor();
+    first.becomeLeader();
+    const ref = bench.register(first, "web", "a", 60_000);
+    // Heartbeats at 25 s, 45 s, 65 s, ...
+    let beat = -50;
+    const heartbeatEvery20s = async (lessor: Lessor, ms: number) => {
+      for (let t = 0; t < ms; t += tickMs) {
+        bench.now += tickMs;
+        if (++beat % 200 === 0) bench.heartbeat(lessor, ref);
+        lessor.tick();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    };
+    await heartbeatEvery20s(first, 50_000);
+    first.stepDown();
+    bench.now += 1000;
+    second.becomeLeader();
+    await heartbeatEvery20s(second, 120_000);
+    expect(bench.proposed.some((command) => command.op === "expire")).toBe(false);
+    expect(bench.status(ref)).toBe("passing");
+  });
+
+  it("leaders replaced one after another cannot keep a silent instance alive", async () => {
     const bench = new Bench();
     const nodes = [bench.lessor, bench.newLessor(), bench.newLessor()];
     let lessor = bench.lessor;
     lessor.becomeLeader();
     const ref = bench.register(lessor, "web", "silent");
     const lastHeartbeat = bench.now;
-    // Each leader lives a little longer than the grace; an election then takes 1 s.
+    // Each leader stays two checkpoint intervals; each election takes one election timeout.
     let critical: number | null = null;
     for (let leaders = 1; critical === null && leaders < 20; leaders++) {
-      critical = await bench.criticalAt(lessor, ref, bench.now + graceMs + 1000);
+      critical = await bench.criticalAt(lessor, ref, bench.now + 2 * checkpointIntervalMs);
       if (critical !== null) break;
       lessor.stepDown();
       lessor = nodes[leaders % nodes.length] ?? lessor;
-      await bench.run(lessor, 1000);
+      await bench.run(lessor, electionTimeoutMs);
       lessor.becomeLeader();
     }
+    // The TTL, or the last election plus the grace, whichever is later.
+    const bound = ttlMs + graceMs + electionTimeoutMs;
     expect(critical).not.toBeNull();
-    expect((critical ?? 0) - lastHeartbeat).toBeLessThanOrEqual(ttlMs + graceMs + tickMs);
+    expect((critical ?? 0) - lastHeartbeat).toBeLessThanOrEqual(bound + tickMs);
   });
 
   it("self-preservation stops expiry when most instances go silent at once, and releases when they return", async () => {
