@@ -1,8 +1,17 @@
 import { isIP } from "node:net";
 import { type Instance, isHealthy } from "../server/fsm/registry.js";
-import type { DnsName } from "./names.js";
+import { type DnsName, isEncodableName } from "./names.js";
 
-export const rcodes = { noError: 0, formErr: 1, servFail: 2, nxDomain: 3, notImp: 4, refused: 5 };
+export const rcodes = {
+  noError: 0,
+  formErr: 1,
+  servFail: 2,
+  nxDomain: 3,
+  notImp: 4,
+  refused: 5,
+  /** RFC 6891: an EDNS version we do not speak. */
+  badVers: 16,
+};
 export const types = { A: 1, CNAME: 5, SOA: 6, AAAA: 28, SRV: 33, OPT: 41, ANY: 255 } as const;
 const classIn = 1;
 
@@ -85,8 +94,9 @@ export function answer(
       const answers: DnsRecord[] = [];
       const additionals: DnsRecord[] = [];
       for (const instance of healthy) {
-        if (qtype === types.SRV || qtype === types.ANY) {
-          const target = instanceName(instance, options.domain);
+        const target = instanceName(instance, options.domain);
+        // An id too long for a DNS label has no name to point at.
+        if ((qtype === types.SRV || qtype === types.ANY) && isEncodableName(target)) {
           answers.push({
             name: qname,
             type: types.SRV,
@@ -131,7 +141,7 @@ function addressRecords(
   if (family === 6 && (qtype === types.AAAA || qtype === types.ANY)) {
     return [{ ...base, type: types.AAAA, address: instance.address }];
   }
-  if (family === 0 && hostNameAsCname && qtype !== types.SRV) {
+  if (family === 0 && hostNameAsCname && qtype !== types.SRV && isEncodableName(instance.address)) {
     return [{ ...base, type: types.CNAME, domain: instance.address.replace(/\.$/, "") }];
   }
   return [];

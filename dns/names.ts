@@ -55,3 +55,12 @@ function serviceName(rest: readonly string[]): DnsName {
   }
   return { kind: "unknown" };
 }
+
+/** A valid name in presentation form: labels of 1..63 octets, at most 255 on the wire. */
+export function isEncodableName(name: string): boolean {
+  const trimmed = name.replace(/\.$/, "");
+  if (trimmed === "") return true;
+  const labels = trimmed.split(".");
+  const wireLength = labels.reduce((total, label) => total + label.length + 1, 1);
+  return wireLength <= 255 && labels.every((label) => label.length >= 1 && label.length <= 63);
+}

@@ -1,6 +1,5 @@
 import { createSocket, type Socket as UdpSocket } from "node:dgram";
 import { createServer, isIPv6, type Server, type Socket } from "node:net";
-import { Packet } from "dns2";
 import type { Instance } from "../server/fsm/registry.js";
 import {
   type AnswerOptions,
@@ -12,6 +11,8 @@ import {
   weightedOrder,
 } from "./answers.js";
 import { parseName } from "./names.js";
+import { parseQuery, type Query } from "./query.js";
+import { encodeResponse } from "./wire.js";
 
 export interface DnsServerOptions extends AnswerOptions {
   /** host:port for both UDP and TCP. */
@@ -32,6 +33,8 @@ interface CachedAnswer {
 }
 
 const headerBytes = 12;
+const classIn = 1;
+const classAny = 255;
 const plainUdpLimit = 512;
 const maxUdpPayload = 4096;
 const shuffledVariants = 8;
@@ -76,37 +79,32 @@ export class DnsServer {
   }
 
   /** The response to a query as received, or null when it deserves none. */
-  respond(query: Buffer, transport: "udp" | "tcp"): Buffer | null {
-    if (query.length < headerBytes) return null;
-    if ((query[2] ?? 0) & 0x80) return null; // a response, not a query
-    let packet: InstanceType<typeof Packet>;
-    try {
-      packet = Packet.parse(query);
-    } catch {
-      return errorResponse(query, rcodes.formErr);
+  respond(message: Buffer, transport: "udp" | "tcp"): Buffer | null {
+    const parsed = parseQuery(message);
+    if (parsed.kind === "drop") return null;
+    if (parsed.kind === "error") return errorResponse(message, parsed.rcode, null);
+    const query = parsed.query;
+    if (query.ednsPayload !== null && query.ednsVersion !== 0) {
+      return errorResponse(message, rcodes.badVers, query);
     }
-    const question = packet.questions[0];
-    if (packet.errors.length > 0 || packet.questions.length !== 1 || question === undefined) {
-      return errorResponse(query, rcodes.formErr);
+    if (query.qclass !== classIn && query.qclass !== classAny) {
+      return errorResponse(message, rcodes.refused, query);
     }
-    if (packet.header.opcode !== 0) return errorResponse(query, rcodes.notImp);
-    if (question.class !== 1 && question.class !== 255) return errorResponse(query, rcodes.refused);
-    const opt = packet.additionals.find((record) => record.type === types.OPT);
+    if (query.name === null) return errorResponse(message, rcodes.refused, query);
+    if (this.tooStale()) return errorResponse(message, rcodes.servFail, query);
     const limit =
       transport === "tcp"
         ? Number.POSITIVE_INFINITY
-        : opt === undefined
-          ? plainUdpLimit
-          : Math.min(Math.max(Number(opt.class) || plainUdpLimit, plainUdpLimit), maxUdpPayload);
-    if (this.tooStale()) return errorResponse(query, rcodes.servFail);
-    const cached = this.cachedAnswer(
-      String(question.name),
-      Number(question.type),
-      opt !== undefined,
-    );
-    const variant =
-      cached.variants[Math.floor(Math.random() * cached.variants.length)] ?? cached.truncated;
-    return patch(variant.length > limit ? cached.truncated : variant, query);
+        : Math.min(Math.max(query.ednsPayload ?? plainUdpLimit, plainUdpLimit), maxUdpPayload);
+    try {
+      const cached = this.cachedAnswer(query.name, query.qtype, query.ednsPayload !== null);
+      const variant =
+        cached.variants[Math.floor(Math.random() * cached.variants.length)] ?? cached.truncated;
+      return patch(variant.length > limit ? cached.truncated : variant, message, query);
+    } catch {
+      // Whatever the registry holds, one answer must never take the node down.
+      return errorResponse(message, rcodes.servFail, query);
+    }
   }
 
   private tooStale(): boolean {
@@ -119,7 +117,13 @@ export class DnsServer {
     const name = qname.toLowerCase().replace(/\.$/, "");
     const key = `${qtype} ${edns ? "e" : "-"} ${name}`;
     const hit = this.cache.get(key);
-    if (hit !== undefined) return hit;
+    if (hit !== undefined) {
+      // Least recently used goes first: move this one to the end.
+      this.cache.delete(key);
+      this.cache.set(key, hit);
+      return hit;
+    }
+    const ednsPayload = edns ? maxUdpPayload : null;
     const parsed = parseName(name, this.options.domain);
     const order = (instances: Instance[]) =>
       weightedOrder(instances, (instance) => instance.weight, Math.random);
@@ -128,18 +132,18 @@ export class DnsServer {
     for (let variant = 0; variant < shuffledVariants; variant++) {
       const built = answer(parsed, name, qtype, this.options.registry, this.options, order);
       rcode = built.rcode;
-      variants.push(encode(name, qtype, edns, built));
+      variants.push(encodeResponse(built, { qname: name, qtype, ednsPayload, truncated: false }));
       if (built.answers.length < 2) break;
     }
-    const truncated = encode(
-      name,
-      qtype,
-      edns,
+    const truncated = encodeResponse(
       { rcode, answers: [], authorities: [], additionals: [] },
-      true,
+      { qname: name, qtype, ednsPayload, truncated: true },
     );
     const entry = { rcode, variants, truncated };
-    if (this.cache.size >= maxCachedAnswers) this.invalidate(null);
+    if (this.cache.size >= maxCachedAnswers) {
+      const oldest = this.cache.keys().next().value;
+      if (oldest !== undefined) this.cache.delete(oldest);
+    }
     this.cache.set(key, entry);
     if (parsed.kind === "service" || parsed.kind === "instance") {
       let keys = this.keysByService.get(parsed.service);
@@ -205,64 +209,42 @@ export class DnsServer {
   }
 }
 
-function encode(
-  name: string,
-  qtype: number,
-  edns: boolean,
-  built: {
-    rcode: number;
-    answers: readonly DnsRecord[];
-    authorities: readonly DnsRecord[];
-    additionals: readonly DnsRecord[];
-  },
-  truncated = false,
-): Buffer {
-  const packet = new Packet();
-  Object.assign(packet.header, {
-    id: 0,
-    qr: 1,
-    opcode: 0,
-    aa: 1,
-    tc: truncated ? 1 : 0,
-    rd: 0,
-    ra: 0,
-    rcode: built.rcode,
-  });
-  const resource = (record: DnsRecord) =>
-    new Packet.Resource(record as ConstructorParameters<typeof Packet.Resource>[0]);
-  packet.questions = [new Packet.Question(name, qtype, 1)];
-  packet.answers = built.answers.map(resource);
-  packet.authorities = built.authorities.map(resource);
-  packet.additionals = built.additionals.map(resource);
-  if (edns) packet.additionals.push(Packet.Resource.EDNS([], { udpPayloadSize: maxUdpPayload }));
-  return packet.toBuffer();
-}
-
-/** The cached response with the query's id, RD flag and the question exactly as asked. */
-function patch(cached: Buffer, query: Buffer): Buffer {
-  const response = Buffer.from(cached);
-  query.copy(response, 0, 0, 2);
-  response[2] = ((response[2] ?? 0) & ~flagRd) | ((query[2] ?? 0) & flagRd);
-  // Resolvers that randomise the case of names (0x20) expect it echoed: copy the name.
-  let end = headerBytes;
-  while (end < query.length && end < response.length && query[end] !== 0)
-    end += (query[end] ?? 0) + 1;
-  if (
-    end < response.length &&
-    query.subarray(headerBytes, end).toString("latin1").toLowerCase() ===
-      response.subarray(headerBytes, end).toString("latin1")
-  ) {
-    query.copy(response, headerBytes, headerBytes, end);
-  }
+/** The cached response with the query's id, RD flag, and its question exactly as asked. */
+function patch(cached: Buffer, message: Buffer, query: Query): Buffer {
+  const cachedQuestionEnd = questionEnd(cached);
+  const response = Buffer.concat([
+    cached.subarray(0, headerBytes),
+    query.question,
+    cached.subarray(cachedQuestionEnd),
+  ]);
+  response.writeUInt16BE(query.id, 0);
+  response[2] = ((response[2] ?? 0) & ~flagRd) | ((message[2] ?? 0) & flagRd);
+  // Compression pointers into the question stay valid: the echoed name has the same length.
   return response;
 }
 
-/** A bare answer with `rcode` for a query we could only partly read. */
-function errorResponse(query: Buffer, rcode: number): Buffer {
-  const response = Buffer.alloc(headerBytes);
-  query.copy(response, 0, 0, 2);
-  const opcode = (query[2] ?? 0) & 0x78;
-  response[2] = 0x80 | opcode | ((query[2] ?? 0) & flagRd);
-  response[3] = rcode & 0x0f;
-  return response;
+/** Where the (uncompressed) question of one of our own responses ends. */
+function questionEnd(response: Buffer): number {
+  let at = headerBytes;
+  while ((response[at] ?? 0) !== 0) at += (response[at] ?? 0) + 1;
+  return at + 5;
+}
+
+/** An answer with only `rcode`, echoing the question (and EDNS) when the query could be read. */
+function errorResponse(message: Buffer, rcode: number, query: Query | null): Buffer {
+  const header = Buffer.alloc(headerBytes);
+  message.copy(header, 0, 0, 2);
+  const opcode = (message[2] ?? 0) & 0x78;
+  header[2] = 0x80 | opcode | ((message[2] ?? 0) & flagRd);
+  header[3] = rcode & 0x0f;
+  if (query === null) return header;
+  header.writeUInt16BE(1, 4);
+  if (query.ednsPayload === null) return Buffer.concat([header, query.question]);
+  header.writeUInt16BE(1, 10);
+  // RFC 6891: the upper eight bits of a 12-bit rcode travel in the OPT record's TTL.
+  const opt = Buffer.alloc(11);
+  opt.writeUInt16BE(41, 1);
+  opt.writeUInt16BE(maxUdpPayload, 3);
+  opt.writeUInt8((rcode >> 4) & 0xff, 5);
+  return Buffer.concat([header, query.question, opt]);
 }

@@ -113,6 +113,23 @@ describe("DNS from every node, through real resolvers", () => {
     );
   });
 
+  it("leaves out an instance whose id is too long for a DNS label, and keeps serving", async () => {
+    const id = "x".repeat(64);
+    const answer = await cluster.request("n1", "PUT", `/v1/services/long/instances/${id}`, {
+      address: "10.7.7.7",
+      port: 7,
+    });
+    expect(answer.status).toBe(200);
+    await cluster.converged();
+    for (const node of ids) {
+      await expect(resolver(node).resolveSrv("long.service.muster")).rejects.toMatchObject({
+        code: "ENODATA",
+      });
+      expect(await resolver(node).resolve4("long.service.muster")).toEqual(["10.7.7.7"]);
+      expect((await cluster.request(node, "GET", "/healthz")).status).toBe(200);
+    }
+  });
+
   it("truncates a 200-instance answer over UDP and gives all of it over TCP", async () => {
     for (let start = 0; start < 200; start += 25) {
       await Promise.all(
