@@ -1,14 +1,19 @@
 import { Command, InvalidArgumentError, Option } from "commander";
-import { Packet } from "dns2";
-import { pino } from "pino";
-import { formatResponse, queryDns } from "../dns/client.js";
-import { Agent } from "./agent.js";
-import { agentOptions, resolveConfig } from "./config.js";
+import type { Agent } from "./agent.js";
+import { agentOptions, parseDuration, resolveConfig } from "./config.js";
+import {
+  type LockCommandKind,
+  parseHttpAddresses,
+  parseLockName,
+  runLockCommand,
+} from "./lock-command.js";
 
 const shutdownLimitMs = 5000;
 
 async function runAgent(command: Command): Promise<void> {
   const config = resolveConfig(command);
+  // Loaded here, not at the top: the client subcommands start without the server's modules.
+  const [{ Agent }, { pino }] = await Promise.all([import("./agent.js"), import("pino")]);
   let agent: Agent | null = null;
   const logger = pino({
     level: config.logLevel,
@@ -74,6 +79,10 @@ program
         throw new InvalidArgumentError(
           `--server "${options.server}" is not an address like 127.0.0.1:7753`,
         );
+      const [{ Packet }, { formatResponse, queryDns }] = await Promise.all([
+        import("dns2"),
+        import("../dns/client.js"),
+      ]);
       const type = Packet.TYPE[options.type as keyof typeof Packet.TYPE];
       const response = await queryDns(options.server, name, type, {
         transport: options.tcp === true ? "tcp" : "auto",
@@ -85,6 +94,111 @@ program
       );
     },
   );
+
+function durationOption(flags: string, description: string, fallback?: string): Option {
+  const option = new Option(flags, description).argParser((text) => {
+    const ms = parseDuration(text);
+    if (ms === 0 && !flags.startsWith("--wait"))
+      throw new InvalidArgumentError("it must be more than 0");
+    return ms;
+  });
+  return fallback === undefined ? option : option.default(parseDuration(fallback), fallback);
+}
+
+interface LockCliOptions {
+  http: string[];
+  ttl: number;
+  lockDelay?: number;
+  wait: number;
+  value?: string;
+  requestTimeout: number;
+}
+
+const lockHelp = `
+COMMAND runs with MUSTER_LOCK_TOKEN (the fencing token), MUSTER_LOCK_NAME and
+MUSTER_SESSION in its environment; SIGINT, SIGTERM and SIGHUP are passed on to it.
+If the lock is lost (the session ends, or another session holds the lock), COMMAND
+gets SIGTERM, and SIGKILL 10 s later. When COMMAND exits, the lock is released and
+the session deleted.
+
+Exit status: COMMAND's (128+N when a signal N ended it); 1 when the lock was not
+acquired within --wait or the cluster could not be reached, or when the lock was
+lost and COMMAND exited 0; 2 for bad usage.
+
+Example:
+  muster lock nightly-report --http 127.0.0.1:7700 -- ./report.sh --full`;
+
+const electHelp = `
+COMMAND runs with MUSTER_ELECTION_TOKEN (the fencing token of this leadership),
+MUSTER_ELECTION_NAME and MUSTER_SESSION in its environment; SIGINT, SIGTERM and
+SIGHUP are passed on to it. If the leadership is lost (the session ends, or another
+session leads), COMMAND gets SIGTERM, and SIGKILL 10 s later. When COMMAND exits,
+the candidate resigns and the session is deleted.
+
+Exit status: COMMAND's (128+N when a signal N ended it); 1 when not elected within
+--wait or the cluster could not be reached, or when the leadership was lost and
+COMMAND exited 0; 2 for bad usage.
+
+Example:
+  muster elect scheduler --value "$(hostname)" -- ./scheduler --serve`;
+
+function lockSubcommand(kind: LockCommandKind): Command {
+  const isLock = kind === "lock";
+  const command = new Command(isLock ? "lock" : "elect")
+    .showHelpAfterError(
+      `usage: muster ${isLock ? "lock" : "elect"} [options] <name> -- <command> [args...] (--help for more)`,
+    )
+    // Bad usage exits 2: 1 means the lock was not acquired.
+    .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2))
+    .description(
+      isLock
+        ? "run COMMAND while holding the lock NAME (like consul lock)"
+        : "run COMMAND while leader of the election NAME",
+    )
+    .usage(`[options] <name> -- <command> [args...]`)
+    .argument("<name>", isLock ? "the lock" : "the election", parseLockName)
+    .argument("<command...>", "the command to run and its arguments, after --")
+    .addOption(
+      new Option("--http <addresses>", "HTTP address of a muster node (comma-separated: fallbacks)")
+        .env("MUSTER_HTTP")
+        .argParser(parseHttpAddresses)
+        .default(["127.0.0.1:7700"], "127.0.0.1:7700"),
+    )
+    .addOption(durationOption("--ttl <duration>", "session TTL, renewed every third of it", "15s"))
+    .addOption(
+      durationOption(
+        "--lock-delay <duration>",
+        "after the session dies holding the lock, nobody gets it for this long (default: the server's)",
+      ),
+    )
+    .addOption(
+      durationOption("--wait <duration>", "how long to wait for the lock (0s: try once)", "5m"),
+    )
+    .addOption(
+      durationOption("--request-timeout <duration>", "timeout of each HTTP request", "5s"),
+    );
+  if (isLock) command.option("--value <value>", "the holder's value, shown to others");
+  else command.requiredOption("--value <value>", "this candidate's identity, e.g. its address");
+  return command
+    .addHelpText("after", isLock ? lockHelp : electHelp)
+    .action(async (name: string, args: string[], options: LockCliOptions) => {
+      const status = await runLockCommand({
+        kind,
+        name,
+        addresses: options.http,
+        ttlMs: options.ttl,
+        ...(options.lockDelay === undefined ? {} : { lockDelayMs: options.lockDelay }),
+        waitMs: options.wait,
+        ...(options.value === undefined ? {} : { value: options.value }),
+        requestTimeoutMs: options.requestTimeout,
+        command: args,
+      });
+      process.exit(status);
+    });
+}
+
+program.addCommand(lockSubcommand("lock"));
+program.addCommand(lockSubcommand("election"));
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`muster: ${(error as Error).message}`);
