@@ -1,3 +1,5 @@
+import { runDnsBench } from "./dns.js";
+import { runLocksBench } from "./locks.js";
 import { runRaftBench } from "./raft.js";
 import { runRaftCoreBench } from "./raft-core.js";
 import { runRegistryBench } from "./registry.js";
@@ -6,6 +8,8 @@ const benchmarks: Record<string, () => void | Promise<void>> = {
   "raft-core": runRaftCoreBench,
   raft: runRaftBench,
   registry: runRegistryBench,
+  dns: runDnsBench,
+  locks: runLocksBench,
 };
 
 const names = process.argv.slice(2);
