@@ -180,6 +180,8 @@ export function ipv6Bytes(address: string): Buffer {
   const right = rest === undefined ? [] : parse(rest);
   const groups = [...left, ...new Array(8 - left.length - right.length).fill(0), ...right];
   const bytes = Buffer.alloc(16);
-  groups.forEach((group, index) => bytes.writeUInt16BE(group, index * 2));
+  groups.forEach((group, index) => {
+    bytes.writeUInt16BE(group, index * 2);
+  });
   return bytes;
 }

@@ -21,6 +21,7 @@ import {
   type SelfPreservationMode,
 } from "./fsm/registry.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
+import { clientGone } from "./http/client-gone.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
 import { Watches } from "./watches.js";
@@ -46,6 +47,7 @@ export class Agent {
   private readonly lessor: Lessor;
   private lessorTimer: NodeJS.Timeout | null = null;
   private knownLeader: string | null = null;
+  private lessorTerm = 0;
   private node!: RaftNode<RegistryResult>;
   private transport!: GrpcTransport;
   private http!: FastifyInstance;
@@ -297,11 +299,15 @@ export class Agent {
       this.knownLeader = leader;
       this.metrics.leaderChanges.inc();
     }
+    const { role, term } = this.node.status();
+    // Leadership lost and won again between two ticks is a new term: start over.
+    if (this.lessor.isLeading && (role !== "leader" || term !== this.lessorTerm)) {
+      this.lessor.stepDown();
+    }
     if (!this.lessor.isLeading && this.node.isReadyLeader()) {
       this.lessor.becomeLeader();
-      this.logger.info("lessor started: TTL countdowns resumed from the last checkpoint");
-    } else if (this.lessor.isLeading && this.node.status().role !== "leader") {
-      this.lessor.stepDown();
+      this.lessorTerm = term;
+      this.logger.info("lessor started: TTL countdowns resumed");
     }
     this.lessor.tick();
   }
@@ -325,7 +331,8 @@ export class Agent {
         );
       }
       this.metrics.heartbeats.inc();
-      if (outcome.command !== undefined) await this.propose(outcome.command);
+      // The instance may have been removed meanwhile: then the client must register again.
+      if (outcome.command !== undefined) okOrThrow(await this.propose(outcome.command));
       const instance = this.fsm.instance(ref);
       return { id: ref.id, service: ref.service, status: instance?.effectiveStatus ?? null };
     });
@@ -406,6 +413,7 @@ export class Agent {
   ): Promise<unknown> {
     const deadline = Date.now() + leaderWaitMs;
     const forwarded = request.headers[forwardedHeader] !== undefined;
+    const gone = clientGone(reply);
     for (;;) {
       const status = this.node.status();
       try {
@@ -414,7 +422,7 @@ export class Agent {
         const answer =
           leader === undefined || forwarded
             ? null
-            : await this.forward(request, leader.http, answerWithinMs);
+            : await this.forward(request, gone, leader.http, answerWithinMs);
         if (answer !== null) {
           if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
           return reply.code(answer.status).send(answer.body);
@@ -425,7 +433,7 @@ export class Agent {
           (error.code === "not-leader" || error.code === "transferring");
         if (!moving) throw error;
       }
-      if (Date.now() >= deadline || this.stopping) {
+      if (Date.now() >= deadline || this.stopping || gone.aborted) {
         throw new MusterError("MUSTER_ERR_NO_LEADER", "no leader took the write in time");
       }
       await sleep(25);
@@ -435,6 +443,7 @@ export class Agent {
   /** The leader's answer, or null when it could not take the request (gone, or itself without a leader). */
   private async forward(
     request: FastifyRequest,
+    gone: AbortSignal,
     leaderHttp: string,
     answerWithinMs: number,
   ): Promise<{ status: number; body: unknown; retryAfter: string | null } | null> {
@@ -447,7 +456,8 @@ export class Agent {
               headers: { "content-type": "application/json", [forwardedHeader]: "1" },
               body: JSON.stringify(request.body),
             }),
-        signal: AbortSignal.timeout(answerWithinMs),
+        // A client that goes away takes the forwarded request with it.
+        signal: AbortSignal.any([AbortSignal.timeout(answerWithinMs), gone]),
       });
       if (response.status === 503) return null;
       return {

@@ -27,6 +27,8 @@ export interface LockHolder {
 export interface LockWaiter {
   readonly session: string;
   readonly value: string;
+  /** Leader clock at which the waiter gives up: it is never granted the lock after. */
+  readonly until: number;
 }
 
 export interface Lock {
@@ -122,12 +124,13 @@ export class LockTable {
     return session;
   }
 
+  /** `waitUntil`: queue until then when the lock is taken (0: do not queue). */
   acquire(
     kind: LockKind,
     name: string,
     session: string,
     value: string,
-    wait: boolean,
+    waitUntil: number,
     now: number,
     index: number,
   ): LockResult {
@@ -141,8 +144,12 @@ export class LockTable {
       this.store(key, granted);
       return { ok: true, acquired: true, lock: granted };
     }
-    if (wait && !lock.waiters.some((waiter) => waiter.session === session)) {
-      const queued = { ...lock, waiters: [...lock.waiters, { session, value }], index };
+    if (waitUntil > now && !lock.waiters.some((waiter) => waiter.session === session)) {
+      const queued = {
+        ...lock,
+        waiters: [...lock.waiters, { session, value, until: waitUntil }],
+        index,
+      };
       const next = this.handOver(queued, now, index);
       this.store(key, next);
       return { ok: true, acquired: next.holder?.session === session, lock: next };
@@ -187,10 +194,14 @@ export class LockTable {
     if (next !== lock) this.store(key, next);
   }
 
-  /** A free lock past its delay goes to the first waiter, its token this entry's index. */
+  /** A free lock past its delay goes to the first waiter still waiting, its token this entry's index. */
   private handOver(lock: Lock, now: number, index: number): Lock {
-    const [first, ...rest] = lock.waiters;
-    if (lock.holder !== null || first === undefined || now < lock.delayUntil) return lock;
+    if (lock.holder !== null || now < lock.delayUntil) return lock;
+    const waiting = lock.waiters.filter((waiter) => waiter.until >= now);
+    const [first, ...rest] = waiting;
+    if (first === undefined) {
+      return waiting.length === lock.waiters.length ? lock : { ...lock, waiters: [], index };
+    }
     return {
       ...lock,
       holder: { session: first.session, token: index, value: first.value, since: now },

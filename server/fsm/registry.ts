@@ -104,8 +104,8 @@ export type RegistryCommand =
       readonly name: string;
       readonly session: string;
       readonly value: string;
-      /** Queue behind the holder instead of failing. */
-      readonly wait: boolean;
+      /** Queue behind the holder until then (leader clock) instead of failing; 0: no queue. */
+      readonly waitUntil: number;
       readonly now: number;
     }
   | {
@@ -338,7 +338,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
             command.name,
             command.session,
             command.value,
-            command.wait,
+            command.waitUntil,
             command.now,
             index,
           ),

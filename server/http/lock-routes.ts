@@ -5,6 +5,7 @@ import { type Agent, okOrThrow } from "../agent.js";
 import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Lock, type LockKind, lockKey, type Session } from "../fsm/locks.js";
+import { clientGone, maxUnreadBytes } from "./client-gone.js";
 import { Duration, formatDuration, ReadQuery, sessionIdPattern } from "./schemas.js";
 
 const defaultSessionTtlMs = 15_000;
@@ -83,9 +84,15 @@ function bounded(text: string | undefined, field: string, max: number): number {
   return ms;
 }
 
+interface AcquireOutcome {
+  readonly acquired: boolean;
+  readonly holder: ReturnType<typeof holderView>;
+}
+
 /**
  * Acquire on the leader; with a wait, queue behind the holder and watch until granted
- * (decided by the state machine, in arrival order) or the wait ends, then leave the queue.
+ * (decided by the state machine, in arrival order) or the wait ends. The state machine
+ * itself never grants a waiter past its wait, so a client that vanished is skipped.
  */
 async function acquire(
   agent: Agent,
@@ -96,36 +103,48 @@ async function acquire(
   session: string,
   value: string,
   waitMs: number,
-): Promise<{ acquired: boolean; lock: Lock | undefined }> {
-  const outcome = (await agent.forwardUnlessLeader(
+): Promise<AcquireOutcome | null> {
+  const outcome = await agent.forwardUnlessLeader(
     request,
     reply,
-    async () => {
-      const command = { kind, name, session, value, now: Date.now() };
+    async (): Promise<AcquireOutcome> => {
+      const now = Date.now();
+      const command = { kind, name, session, value, now };
       const result = okOrThrow(
-        await agent.propose({ op: "lock-acquire", ...command, wait: waitMs > 0 }),
+        await agent.propose({
+          op: "lock-acquire",
+          ...command,
+          waitUntil: waitMs > 0 ? now + waitMs : 0,
+        }),
       );
-      if (result.lock?.acquired === true || waitMs === 0)
-        return { acquired: result.lock?.acquired === true };
-      const gone = new AbortController();
-      request.raw.once("close", () => gone.abort());
-      const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
-      const held = () => agent.fsm.locks.lock(kind, name)?.holder?.session === session;
-      while (!held() && !signal.aborted) await agent.watches.next(lockKey(kind, name), signal);
-      if (held()) return { acquired: true };
-      const cancelled = okOrThrow(await agent.propose({ op: "lock-cancel", ...command }));
-      return { acquired: cancelled.lock?.acquired === true };
+      const granted = result.lock?.lock;
+      if (result.lock?.acquired === true || waitMs === 0) {
+        return { acquired: result.lock?.acquired === true, holder: holderView(granted) };
+      }
+      const gone = clientGone(reply);
+      const signal = AbortSignal.any([gone, AbortSignal.timeout(waitMs)]);
+      const mine = () => {
+        const lock = agent.fsm.locks.lock(kind, name);
+        return lock?.holder?.session === session ? lock : undefined;
+      };
+      while (mine() === undefined && !signal.aborted) {
+        await agent.watches.next(lockKey(kind, name), signal);
+      }
+      const held = mine();
+      if (held !== undefined) return { acquired: true, holder: holderView(held) };
+      // Leave the queue now rather than at the wait's end; a grant that came first stands.
+      const cancelled = await agent.propose({ op: "lock-cancel", ...command }).catch(() => null);
+      const after =
+        cancelled?.ok === true ? cancelled.lock?.lock : agent.fsm.locks.lock(kind, name);
+      return {
+        acquired: after?.holder?.session === session,
+        holder: holderView(after),
+      };
     },
     waitMs + answerMarginMs,
-  )) as { acquired: boolean } | unknown;
-  if (reply.sent || typeof outcome !== "object" || outcome === null || !("acquired" in outcome)) {
-    // Forwarded: the leader's answer has been passed on as it was.
-    return { acquired: false, lock: undefined };
-  }
-  return {
-    acquired: (outcome as { acquired: boolean }).acquired,
-    lock: agent.fsm.locks.lock(kind, name),
-  };
+  );
+  // Forwarded: the leader's answer has been passed on as it was.
+  return reply.sent ? null : (outcome as AcquireOutcome);
 }
 
 /** Sessions, locks with fencing tokens, and elections built on locks. */
@@ -216,10 +235,11 @@ export function lockRoutes(agent: Agent) {
         const { session, value = "" } = request.body;
         const waitMs = bounded(request.body.wait, "wait", maxWaitMs);
         const result = await acquire(agent, request, reply, "lock", name, session, value, waitMs);
-        if (reply.sent) return reply;
-        const holder = holderView(result.lock);
-        if (result.acquired && holder !== null) return { acquired: true, token: holder.token };
-        return reply.code(409).send({ acquired: false, holder });
+        if (result === null) return reply;
+        if (result.acquired && result.holder !== null) {
+          return { acquired: true, token: result.holder.token };
+        }
+        return reply.code(409).send({ acquired: false, holder: result.holder });
       },
     );
 
@@ -245,7 +265,7 @@ export function lockRoutes(agent: Agent) {
       "/v1/locks/:name",
       { schema: { params: NameParams, querystring: ReadQuery } },
       async (request, reply) => {
-        const view = await blockingLockRead(agent, request, "lock", request.params.name);
+        const view = await blockingLockRead(agent, request, reply, "lock", request.params.name);
         reply.header("X-Muster-Index", String(view.index));
         return {
           holder: holderView(view.lock),
@@ -282,10 +302,11 @@ export function lockRoutes(agent: Agent) {
           request.body.value,
           waitMs,
         );
-        if (reply.sent) return reply;
-        const leader = holderView(result.lock);
-        if (result.acquired && leader !== null) return { elected: true, token: leader.token };
-        return reply.code(409).send({ elected: false, leader });
+        if (result === null) return reply;
+        if (result.acquired && result.holder !== null) {
+          return { elected: true, token: result.holder.token };
+        }
+        return reply.code(409).send({ elected: false, leader: result.holder });
       },
     );
 
@@ -311,7 +332,7 @@ export function lockRoutes(agent: Agent) {
       "/v1/elections/:name",
       { schema: { params: NameParams, querystring: ReadQuery } },
       async (request, reply) => {
-        const view = await blockingLockRead(agent, request, "election", request.params.name);
+        const view = await blockingLockRead(agent, request, reply, "election", request.params.name);
         reply.header("X-Muster-Index", String(view.index));
         return { leader: holderView(view.lock), index: view.index };
       },
@@ -323,8 +344,7 @@ export function lockRoutes(agent: Agent) {
       async (request, reply) => {
         const { name } = request.params;
         await agent.read("default");
-        const gone = new AbortController();
-        request.raw.once("close", () => gone.abort());
+        const gone = clientGone(reply);
         reply.hijack();
         reply.raw.writeHead(200, {
           "content-type": "text/event-stream",
@@ -335,7 +355,7 @@ export function lockRoutes(agent: Agent) {
         // Observers hear of each change of leader, "no leader" included, not of queue changes.
         let sent: number | null | undefined;
         try {
-          while (!gone.signal.aborted) {
+          while (!gone.aborted) {
             const view = lockView(agent, "election", name);
             const leader = holderView(view.lock);
             const token = leader?.token ?? null;
@@ -344,7 +364,9 @@ export function lockRoutes(agent: Agent) {
               const data = JSON.stringify({ leader, index: view.index });
               reply.raw.write(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
             }
-            await agent.watches.next(lockKey("election", name), gone.signal);
+            // A watcher that stops reading is dropped rather than buffered for without end.
+            if (reply.raw.writableLength > maxUnreadBytes) break;
+            await agent.watches.next(lockKey("election", name), gone);
           }
         } finally {
           reply.raw.end();
@@ -357,6 +379,7 @@ export function lockRoutes(agent: Agent) {
 async function blockingLockRead(
   agent: Agent,
   request: FastifyRequest,
+  reply: FastifyReply,
   kind: LockKind,
   name: string,
 ) {
@@ -372,9 +395,7 @@ async function blockingLockRead(
     query.wait === undefined ? maxWaitMs : parseDuration(query.wait),
     maxWaitMs,
   );
-  const gone = new AbortController();
-  request.raw.once("close", () => gone.abort());
-  const signal = AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
+  const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
   while (view.index <= query.index && !signal.aborted) {
     await agent.watches.next(lockKey(kind, name), signal);
     view = lockView(agent, kind, name);

@@ -1,9 +1,10 @@
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Agent, Consistency } from "../agent.js";
 import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Instance, isHealthy } from "../fsm/registry.js";
+import { clientGone, maxUnreadBytes } from "./client-gone.js";
 import {
   formatDuration,
   HeartbeatBody,
@@ -65,20 +66,13 @@ function serviceView(agent: Agent, service: string, filter: Filter) {
   };
 }
 
-/** Aborts when the wait ends or the client goes away. */
-function waitSignal(request: FastifyRequest, waitMs: number): AbortSignal {
-  const gone = new AbortController();
-  request.raw.once("close", () => gone.abort());
-  return AbortSignal.any([gone.signal, AbortSignal.timeout(waitMs)]);
-}
-
 /**
  * A read in the requested consistency mode; with `index`, a blocking query that answers
  * once the watched index passes it or the wait ends.
  */
 async function blockingRead<T extends { index: number }>(
   agent: Agent,
-  request: FastifyRequest,
+  reply: FastifyReply,
   query: { consistency?: Consistency; index?: number; wait?: string },
   service: string | null,
   read: () => T,
@@ -90,7 +84,7 @@ async function blockingRead<T extends { index: number }>(
     query.wait === undefined ? defaultWaitMs : parseDuration(query.wait),
     maxWaitMs,
   );
-  const signal = waitSignal(request, waitMs);
+  const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
   while (current.index <= query.index && !signal.aborted) {
     await agent.watches.next(service, signal);
     current = read();
@@ -190,7 +184,7 @@ export function registryRoutes(agent: Agent) {
     );
 
     app.get("/v1/services", { schema: { querystring: ReadQuery } }, async (request, reply) => {
-      const view = await blockingRead(agent, request, request.query, null, () => ({
+      const view = await blockingRead(agent, reply, request.query, null, () => ({
         index: agent.fsm.servicesIndex,
         services: agent.fsm.services(),
       }));
@@ -203,7 +197,7 @@ export function registryRoutes(agent: Agent) {
       { schema: { params: ServiceParams, querystring: ServiceQuery } },
       async (request, reply) => {
         const { service } = request.params;
-        const view = await blockingRead(agent, request, request.query, service, () =>
+        const view = await blockingRead(agent, reply, request.query, service, () =>
           serviceView(agent, service, request.query),
         );
         return sendService(reply, view, service);
@@ -218,8 +212,7 @@ export function registryRoutes(agent: Agent) {
         // The first event reflects every write acknowledged before the watch began.
         await agent.read("default");
         const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
-        const gone = new AbortController();
-        request.raw.once("close", () => gone.abort());
+        const gone = clientGone(reply);
         reply.hijack();
         reply.raw.writeHead(200, {
           "content-type": "text/event-stream",
@@ -230,7 +223,7 @@ export function registryRoutes(agent: Agent) {
         const keepAlive = setInterval(() => reply.raw.write(":\n\n"), sseKeepAliveMs);
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
-          while (!gone.signal.aborted) {
+          while (!gone.aborted) {
             const view = serviceView(agent, service, request.query);
             if (view.index > sent) {
               sent = view.index;
@@ -238,7 +231,9 @@ export function registryRoutes(agent: Agent) {
                 `id: ${view.index}\nevent: instances\ndata: ${JSON.stringify(view.body)}\n\n`,
               );
             }
-            await agent.watches.next(service, gone.signal);
+            // A watcher that stops reading is dropped rather than buffered for without end.
+            if (reply.raw.writableLength > maxUnreadBytes) break;
+            await agent.watches.next(service, gone);
           }
         } finally {
           clearInterval(keepAlive);

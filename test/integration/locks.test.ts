@@ -241,6 +241,36 @@ describe("locks with fencing tokens on a three-node cluster", () => {
     expect(events.some((event) => event.leader === null)).toBe(true);
   }, 60_000);
 
+  it("a client that gives up waiting leaves the queue and is never handed the lock", async () => {
+    const holder = await createSession("n1");
+    expect((await call("n1", "POST", "/v1/locks/job/acquire", { session: holder })).status).toBe(
+      200,
+    );
+    for (const via of ["n1", "n2"]) {
+      const quitter = await createSession(via);
+      const controller = new AbortController();
+      const waiting = fetch(`http://${cluster.get(via).http}/v1/locks/job/acquire`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ session: quitter, wait: "20s" }),
+        signal: controller.signal,
+      }).catch(() => null);
+      await eventually("the waiter to be queued", async () => {
+        const lock = await call("n3", "GET", "/v1/locks/job?consistency=linearizable");
+        return lock.body.waiters === 1 ? true : undefined;
+      });
+      controller.abort();
+      await waiting;
+      await eventually("the waiter to leave the queue", async () => {
+        const lock = await call("n3", "GET", "/v1/locks/job?consistency=linearizable");
+        return lock.body.waiters === 0 ? true : undefined;
+      });
+    }
+    await call("n2", "POST", "/v1/locks/job/release", { session: holder });
+    const lock = await call("n3", "GET", "/v1/locks/job?consistency=linearizable");
+    expect(lock.body.holder).toBeNull();
+  });
+
   it("a session with behavior delete takes its instances with it; release keeps them", async () => {
     const deleting = await createSession("n1", { behavior: "delete" });
     const releasing = await createSession("n2");

@@ -88,7 +88,9 @@ describe("DNS query parsing", () => {
   function query(name: Buffer, counts = [1, 0, 0, 0], tail = Buffer.alloc(0)): Buffer {
     const header = Buffer.alloc(12);
     header.writeUInt16BE(0x1234, 0);
-    counts.forEach((count, i) => header.writeUInt16BE(count, 4 + 2 * i));
+    counts.forEach((count, i) => {
+      header.writeUInt16BE(count, 4 + 2 * i);
+    });
     const typeClass = Buffer.from([0, 1, 0, 1]);
     return Buffer.concat([header, name, typeClass, tail]);
   }
