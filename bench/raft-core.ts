@@ -20,6 +20,7 @@ function committedPerSecond(batch: number, totalEntries: number): number {
           heartbeatTicks: 1,
           randomInt: (bound) => (seed++ * 7919) % bound,
           maxEntriesPerAppend: 1024,
+          maxAppendBytes: 1024 * 1024,
           maxInflightAppends: 64,
           maxUncommittedEntries: 1 << 20,
           preVote: true,

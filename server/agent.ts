@@ -27,6 +27,8 @@ import { Metrics } from "./metrics.js";
 import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
+/** Appends stay well under the peers' message limit (4 MiB), whatever the entries hold. */
+const maxAppendBytes = 1024 * 1024;
 /** How long a write may wait for a leader before it fails with 503. */
 const leaderWaitMs = 5000;
 const forwardedHeader = "x-muster-forwarded";
@@ -187,6 +189,7 @@ export class Agent {
         electionTicks,
         heartbeatTicks: 1,
         maxEntriesPerAppend: 1024,
+        maxAppendBytes: maxAppendBytes,
         maxInflightAppends: 64,
         maxUncommittedEntries: 65_536,
         preVote: true,

@@ -56,6 +56,9 @@ export interface SelfPreservationState {
 
 const keyOf = instanceLeaseKey;
 
+/** Countdowns per checkpoint entry: about 100 bytes each. */
+const checkpointChunk = 2000;
+
 function refOf(instance: InstanceRef): InstanceRef {
   return { service: instance.service, id: instance.id };
 }
@@ -319,8 +322,16 @@ export class Lessor {
       id,
       remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
     }));
-    if (ttls.length > 0 || sessions.length > 0)
-      this.submit("checkpoint", [{ op: "checkpoint", ttls, sessions }]);
+    // In entries of bounded size: one entry for a large registry would not fit an append.
+    const commands: RegistryCommand[] = [];
+    for (let at = 0; at < Math.max(ttls.length, sessions.length); at += checkpointChunk) {
+      commands.push({
+        op: "checkpoint",
+        ttls: ttls.slice(at, at + checkpointChunk),
+        sessions: sessions.slice(at, at + checkpointChunk),
+      });
+    }
+    if (commands.length > 0) this.submit("checkpoint", commands);
   }
 
   private updateSelfPreservation(atRisk: number, total: number): void {

@@ -75,12 +75,26 @@ export class RaftLog {
     return this.term(index) === term;
   }
 
-  /** Entries [from, to] inclusive, at most `maxCount` of them. */
-  slice(from: number, to: number, maxCount: number): Entry[] {
+  /**
+   * Entries [from, to] inclusive, at most `maxCount` of them and, past the first, no more
+   * than `maxBytes` of payload in all.
+   */
+  slice(from: number, to: number, maxCount: number, maxBytes = Number.POSITIVE_INFINITY): Entry[] {
     assert(from >= this.firstIndex(), `slice from compacted index ${from}`);
     assert(to <= this.lastIndex(), `slice beyond last index ${to}`);
     const start = from - this.snapshotValue.index - 1;
-    const end = Math.min(to - this.snapshotValue.index, start + maxCount);
+    let end = Math.min(to - this.snapshotValue.index, start + maxCount);
+    if (maxBytes !== Number.POSITIVE_INFINITY) {
+      let bytes = 0;
+      for (let at = start; at < end; at++) {
+        const entry = this.entriesAfterSnapshot[at] as Entry;
+        bytes += entry.type === "normal" ? entry.data.length : 64;
+        if (bytes > maxBytes && at > start) {
+          end = at;
+          break;
+        }
+      }
+    }
     return this.entriesAfterSnapshot.slice(start, end);
   }
 

@@ -106,6 +106,7 @@ export class Raft {
       "electionTicks must exceed heartbeatTicks",
     );
     assert(options.maxEntriesPerAppend >= 1, "maxEntriesPerAppend must be at least 1");
+    assert(options.maxAppendBytes >= 1, "maxAppendBytes must be at least 1");
     assert(options.maxUncommittedEntries >= 1, "maxUncommittedEntries must be at least 1");
     this.id = options.id;
     this.options = options;
@@ -866,7 +867,12 @@ export class Raft {
     }
     const entries =
       progress.next <= this.log.lastIndex()
-        ? this.log.slice(progress.next, this.log.lastIndex(), this.options.maxEntriesPerAppend)
+        ? this.log.slice(
+            progress.next,
+            this.log.lastIndex(),
+            this.options.maxEntriesPerAppend,
+            this.options.maxAppendBytes,
+          )
         : [];
     if (entries.length === 0 && !sendIfEmpty) return false;
     this.send({

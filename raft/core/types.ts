@@ -157,6 +157,8 @@ export interface RaftOptions {
   /** Returns an integer in [0, bound). The only source of randomness. */
   readonly randomInt: (bound: number) => number;
   readonly maxEntriesPerAppend: number;
+  /** An append carries entries up to about this many payload bytes (always at least one). */
+  readonly maxAppendBytes: number;
   readonly maxInflightAppends: number;
   /** A leader refuses proposals while this many entries wait to commit (back-pressure). */
   readonly maxUncommittedEntries: number;

@@ -72,7 +72,8 @@ export class GrpcTransport implements RaftTransport {
 
   static async start(options: GrpcTransportOptions): Promise<GrpcTransport> {
     const server = new grpc.Server({
-      "grpc.max_receive_message_length": options.snapshotChunkBytes + 1024 * 1024,
+      // Room for a snapshot chunk or an append (about 1 MiB of entries) with their framing.
+      "grpc.max_receive_message_length": options.snapshotChunkBytes + 3 * 1024 * 1024,
     });
     let transport: GrpcTransport | null = null;
     server.addService(peerService, {

@@ -352,23 +352,35 @@ export function lockRoutes(agent: Agent) {
           connection: "keep-alive",
           ...agent.stalenessHeaders(),
         });
-        // Observers hear of each change of leader, "no leader" included, not of queue changes.
-        let sent: number | null | undefined;
+        // Observers hear of each change of leader, "no leader" included, not of queue changes:
+        // each is noted as its entry applies, even when several apply in one batch.
+        const key = lockKey("election", name);
+        const pending: string[] = [];
+        let last: number | null | undefined;
+        const note = () => {
+          const view = lockView(agent, "election", name);
+          const leader = holderView(view.lock);
+          const token = leader?.token ?? null;
+          if (token === last) return;
+          last = token;
+          const data = JSON.stringify({ leader, index: view.index });
+          pending.push(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
+        };
+        note();
+        const unsubscribe = agent.fsm.onChange((changed) => {
+          if (changed === key || changed === null) note();
+        });
         try {
           while (!gone.aborted) {
-            const view = lockView(agent, "election", name);
-            const leader = holderView(view.lock);
-            const token = leader?.token ?? null;
-            if (token !== sent) {
-              sent = token;
-              const data = JSON.stringify({ leader, index: view.index });
-              reply.raw.write(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
+            for (let event = pending.shift(); event !== undefined; event = pending.shift()) {
+              reply.raw.write(event);
             }
             // A watcher that stops reading is dropped rather than buffered for without end.
             if (reply.raw.writableLength > maxUnreadBytes) break;
-            await agent.watches.next(lockKey("election", name), gone);
+            await agent.watches.next(key, gone);
           }
         } finally {
+          unsubscribe();
           reply.raw.end();
         }
       },

@@ -53,6 +53,7 @@ export interface FaultProfile {
   readonly maxProposalBurst: number;
   readonly compactEvery: number;
   readonly maxEntriesPerAppend: number;
+  readonly maxAppendBytes: number;
   readonly maxInflightAppends: number;
   readonly maxUncommittedEntries: number;
   readonly preVote: boolean;
@@ -79,6 +80,7 @@ export function drawProfile(prng: Prng): FaultProfile {
     maxProposalBurst: prng.pick([1, 4, 16]),
     compactEvery: prng.pick([4, 16, 64]),
     maxEntriesPerAppend: prng.pick([1, 2, 4, 64]),
+    maxAppendBytes: prng.pick([16, 1024 * 1024]),
     maxInflightAppends: prng.pick([1, 4, 16]),
     maxUncommittedEntries: prng.pick([32, 128]),
     preVote: prng.chance(0.8),
@@ -360,6 +362,7 @@ export class Simulation {
       heartbeatTicks: 1,
       randomInt: (bound) => node.prng.int(bound),
       maxEntriesPerAppend: this.profile.maxEntriesPerAppend,
+      maxAppendBytes: this.profile.maxAppendBytes,
       maxInflightAppends: this.profile.maxInflightAppends,
       maxUncommittedEntries: this.profile.maxUncommittedEntries,
       preVote: this.profile.preVote,

@@ -39,6 +39,7 @@ export function raftOptions(id: NodeId, random: Prng, options: NetworkOptions = 
     heartbeatTicks: 1,
     randomInt: (bound) => random.int(bound),
     maxEntriesPerAppend: options.maxEntriesPerAppend ?? 64,
+    maxAppendBytes: 1024 * 1024,
     maxInflightAppends: 16,
     maxUncommittedEntries: options.maxUncommittedEntries ?? 256,
     preVote: options.preVote ?? false,

@@ -131,6 +131,18 @@ describe("RaftLog: commit, persistence and application pointers", () => {
     expect(log.stableIndex).toBe(4);
   });
 
+  it("slices up to a payload size, but always at least one entry", () => {
+    const big = (index: number): Entry => ({
+      type: "normal",
+      index,
+      term: 1,
+      data: new Uint8Array(100),
+    });
+    const log = new RaftLog(emptySnapshot, [1, 2, 3, 4, 5].map(big), 0);
+    expect(log.slice(1, 5, 10, 250).map((e) => e.index)).toEqual([1, 2]);
+    expect(log.slice(3, 5, 10, 10).map((e) => e.index)).toEqual([3]);
+  });
+
   it("slices at most maxCount entries and refuses indexes outside the log", () => {
     const log = logOfTerms([1, 1, 1, 1, 1]);
     expect(log.slice(2, 5, 2).map((e) => e.index)).toEqual([2, 3]);

@@ -42,6 +42,7 @@ export async function startMemoryCluster(ids: readonly NodeId[] = ["n1", "n2", "
         electionTicks: 10,
         heartbeatTicks: 1,
         maxEntriesPerAppend: 256,
+        maxAppendBytes: 1024 * 1024,
         maxInflightAppends: 16,
         maxUncommittedEntries: 4096,
         preVote: true,
