@@ -202,4 +202,44 @@ describe("DNS from every node, through real resolvers", () => {
     expect(run("big.service.muster", "--type", "A").match(/\tIN\tA\t/g)).toHaveLength(200);
     expect(run("nope.service.muster", "--type", "A")).toContain(";; status: NXDOMAIN");
   });
+
+  it("keeps answering from local state with no leader, and SERVFAIL past --dns-max-stale", async () => {
+    const strict = await AgentCluster.create({ args: ["--dns-max-stale=1s"] });
+    try {
+      await strict.bootstrap(ids);
+      await strict.leader();
+      const registered = await strict.request("n1", "PUT", "/v1/services/web/instances/w1", {
+        address: "10.0.0.1",
+        port: 80,
+      });
+      expect(registered.status).toBe(200);
+      await strict.converged();
+      for (const id of ["n2", "n3"]) {
+        await strict.kill(id, "SIGKILL");
+        await cluster.kill(id, "SIGKILL");
+      }
+      await eventually("n1 to know it has no leader", async () => {
+        const leader = await cluster.request("n1", "GET", "/v1/cluster/leader");
+        return leader.body.leader === null ? true : undefined;
+      });
+      // The default: a node without a leader still answers what it knows.
+      expect(await resolver("n1").resolve4("web.service.muster")).toContain("10.0.0.1");
+      // With --dns-max-stale, once no leader was heard from for that long: SERVFAIL.
+      const servfail = await eventually(
+        "SERVFAIL from the lone node",
+        async () => {
+          const answer = await queryDns(strict.get("n1").dns, "web.service.muster", Packet.TYPE.A, {
+            transport: "udp",
+            edns: false,
+            timeoutMs: 2000,
+          });
+          return answer.header.rcode === 2 ? answer : undefined;
+        },
+        10_000,
+      );
+      expect(servfail.answers).toHaveLength(0);
+    } finally {
+      await strict.destroy();
+    }
+  });
 });
