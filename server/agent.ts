@@ -34,8 +34,8 @@ const leaderWaitMs = 5000;
 const forwardedHeader = "x-muster-forwarded";
 /** A learner this close to the leader's commit index is promoted to voter. */
 const promotionLagEntries = 100;
-/** How often the leader's lessor looks for TTLs that ran out. */
-const lessorIntervalMs = 100;
+/** How often the leader's lessor looks for TTLs that ran out: each look visits every instance. */
+const lessorIntervalMs = 250;
 export type Consistency = "stale" | "default" | "linearizable";
 
 /**
