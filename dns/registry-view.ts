@@ -28,13 +28,16 @@ export class RegistryDnsView implements RegistryView {
   }
 
   private noteTags(service: string): void {
-    const instances = this.fsm.instances(service).instances;
-    if (instances.length === 0) return;
+    // Runs on every change to the service: no copy, no sort.
     let seen = this.tagsSeen.get(service);
-    if (seen === undefined) {
-      seen = new Set();
-      this.tagsSeen.set(service, seen);
+    for (const instance of this.fsm.unsortedInstances(service)) {
+      for (const tag of instance.tags) {
+        if (seen === undefined) {
+          seen = new Set();
+          this.tagsSeen.set(service, seen);
+        }
+        seen.add(tag);
+      }
     }
-    for (const instance of instances) for (const tag of instance.tags) seen.add(tag);
   }
 }

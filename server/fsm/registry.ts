@@ -466,6 +466,11 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     };
   }
 
+  /** The service's instances in no particular order, without copying. */
+  unsortedInstances(service: string): Iterable<Instance> {
+    return this.state.services.get(service)?.values() ?? [];
+  }
+
   instance(ref: InstanceRef): Instance | undefined {
     return this.find(ref);
   }
