@@ -292,6 +292,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       }
       case "checkpoint": {
         // Only the lease bookkeeping changes: no watcher is woken and no service index moves.
+        this.checkpointsApplied++;
         for (const ttl of command.ttls) {
           const instance = this.find(ttl);
           if (instance === undefined || instance.expiredAt !== null) continue;
@@ -464,6 +465,14 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       index: this.state.serviceIndex.get(service) ?? 0,
       instances: [...instances.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
     };
+  }
+
+  /** Checkpoints applied here (not replicated state): they change heartbeat times only. */
+  checkpointsApplied = 0;
+
+  /** Index of the service's last change (0: never seen); cheap, for watchers. */
+  serviceIndex(service: string): number {
+    return this.state.serviceIndex.get(service) ?? 0;
   }
 
   /** The service's instances in no particular order, without copying. */

@@ -51,19 +51,53 @@ interface Filter {
   readonly tag?: readonly string[];
 }
 
-function serviceView(agent: Agent, service: string, filter: Filter) {
-  const { index, instances } = agent.fsm.instances(service);
-  const tags = filter.tag ?? [];
-  const shown = instances.filter(
-    (instance) =>
-      (filter.healthy !== true || isHealthy(instance.effectiveStatus)) &&
-      tags.every((tag) => instance.tags.includes(tag)),
-  );
-  return {
-    index,
-    exists: instances.length > 0,
-    body: { service, index, instances: shown.map(instanceView) },
-  };
+/** A service as the API shows it, encoded once per index and filter. */
+interface ServiceView {
+  readonly index: number;
+  /** Checkpoints move heartbeat times without a new index. */
+  readonly checkpoints: number;
+  readonly exists: boolean;
+  readonly json: string;
+}
+
+const maxCachedViews = 1000;
+
+/**
+ * Encoded views shared by every reader of the same service at the same index: a change
+ * that wakes a thousand watchers is encoded once, not a thousand times.
+ */
+class ServiceViews {
+  private readonly views = new Map<string, ServiceView>();
+
+  constructor(private readonly agent: Agent) {}
+
+  get(service: string, filter: Filter): ServiceView {
+    const index = this.agent.fsm.serviceIndex(service);
+    const key = `${service} ${filter.healthy === true ? "h" : "-"} ${(filter.tag ?? []).join(",")}`;
+    const cached = this.views.get(key);
+    const checkpoints = this.agent.fsm.checkpointsApplied;
+    if (cached?.index === index && cached.checkpoints === checkpoints) return cached;
+    const { instances } = this.agent.fsm.instances(service);
+    const tags = filter.tag ?? [];
+    const shown = instances.filter(
+      (instance) =>
+        (filter.healthy !== true || isHealthy(instance.effectiveStatus)) &&
+        tags.every((tag) => instance.tags.includes(tag)),
+    );
+    const view = {
+      index,
+      checkpoints,
+      exists: instances.length > 0,
+      json: JSON.stringify({ service, index, instances: shown.map(instanceView) }),
+    };
+    this.views.delete(key);
+    if (this.views.size >= maxCachedViews) {
+      const oldest = this.views.keys().next().value;
+      if (oldest !== undefined) this.views.delete(oldest);
+    }
+    this.views.set(key, view);
+    return view;
+  }
 }
 
 /**
@@ -92,14 +126,15 @@ async function blockingRead<T extends { index: number }>(
   return current;
 }
 
-function sendService(reply: FastifyReply, view: ReturnType<typeof serviceView>, service: string) {
+function sendService(reply: FastifyReply, view: ServiceView, service: string) {
   reply.header("X-Muster-Index", String(view.index));
   if (!view.exists)
     throw new MusterError("MUSTER_ERR_NOT_FOUND", `no instances of service ${service}`);
-  return view.body;
+  return reply.type("application/json; charset=utf-8").send(view.json);
 }
 
 export function registryRoutes(agent: Agent) {
+  const views = new ServiceViews(agent);
   return async (scope: FastifyInstance) => {
     const app = scope.withTypeProvider<TypeBoxTypeProvider>();
 
@@ -198,7 +233,7 @@ export function registryRoutes(agent: Agent) {
       async (request, reply) => {
         const { service } = request.params;
         const view = await blockingRead(agent, reply, request.query, service, () =>
-          serviceView(agent, service, request.query),
+          views.get(service, request.query),
         );
         return sendService(reply, view, service);
       },
@@ -224,12 +259,10 @@ export function registryRoutes(agent: Agent) {
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
           while (!gone.aborted) {
-            const view = serviceView(agent, service, request.query);
+            const view = views.get(service, request.query);
             if (view.index > sent) {
               sent = view.index;
-              reply.raw.write(
-                `id: ${view.index}\nevent: instances\ndata: ${JSON.stringify(view.body)}\n\n`,
-              );
+              reply.raw.write(`id: ${view.index}\nevent: instances\ndata: ${view.json}\n\n`);
             }
             // A watcher that stops reading is dropped rather than buffered for without end.
             if (reply.raw.writableLength > maxUnreadBytes) break;
