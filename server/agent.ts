@@ -20,6 +20,7 @@ import {
   RegistryStateMachine,
   type SelfPreservationMode,
 } from "./fsm/registry.js";
+import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
 import { clientGone } from "./http/client-gone.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
@@ -54,6 +55,7 @@ export class Agent {
   private transport!: GrpcTransport;
   private http!: FastifyInstance;
   private dns!: DnsServer;
+  private grpc!: GrpcApi;
   private housekeeping: NodeJS.Timeout | null = null;
   private stopping = false;
 
@@ -227,6 +229,21 @@ export class Agent {
     this.http = buildHttpApp(this);
     const [host, port] = splitAddress(config.http);
     await this.http.listen({ host, port });
+    this.grpc = await GrpcApi.start(config.grpc, {
+      http: async (call) => {
+        const answer = await this.http.inject({
+          method: call.method,
+          url: call.url,
+          ...(call.body === undefined ? {} : { payload: call.body as object }),
+        });
+        return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
+      },
+      leaderGrpc: () => {
+        const leader = this.node.status().leader;
+        return leader === null ? null : (this.fsm.member(leader)?.grpc ?? null);
+      },
+      hasLeader: () => this.node.status().leader !== null,
+    });
     this.housekeeping = setInterval(() => void this.keepHouse(), 200);
     this.housekeeping.unref();
     this.logger.info(
@@ -589,6 +606,7 @@ export class Agent {
     if (this.node.status().role === "leader") await this.handOverLeadership();
     const closed = await Promise.race([closing.then(() => true), sleep(1000).then(() => false)]);
     await this.dns.close();
+    await this.grpc.close();
     if (!closed) this.logger.warn("requests still in flight at shutdown");
     await this.node.stop();
   }

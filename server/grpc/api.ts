@@ -1,0 +1,390 @@
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation } from "grpc-health-check";
+
+/**
+ * The gRPC API. Every call goes through the HTTP API in process (fastify's inject), so both
+ * surfaces share one implementation of validation, forwarding to the leader and errors.
+ */
+
+const protoFile = fileURLToPath(new URL("../../proto/muster/v1/muster.proto", import.meta.url));
+const healthRefreshMs = 250;
+/** A Watch asks in rounds of this long, so that a cancelled call is noticed. */
+const watchRoundMs = 30_000;
+
+export interface HttpCall {
+  readonly method: "GET" | "PUT" | "POST" | "DELETE";
+  readonly url: string;
+  readonly body?: unknown;
+}
+
+export interface HttpAnswer {
+  readonly status: number;
+  readonly headers: Record<string, unknown>;
+  readonly body: Record<string, unknown>;
+}
+
+/** What the gRPC API needs of its agent. */
+export interface GrpcBackend {
+  http(call: HttpCall): Promise<HttpAnswer>;
+  /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
+  leaderGrpc(): string | null;
+  hasLeader(): boolean;
+}
+
+type Fields = Record<string, unknown>;
+
+const statusOf: Record<number, grpc.status> = {
+  400: grpc.status.INVALID_ARGUMENT,
+  404: grpc.status.NOT_FOUND,
+  409: grpc.status.FAILED_PRECONDITION,
+  413: grpc.status.RESOURCE_EXHAUSTED,
+  429: grpc.status.RESOURCE_EXHAUSTED,
+  503: grpc.status.UNAVAILABLE,
+};
+
+/** An HTTP error answer as a gRPC status, with the field (or leader) in metadata. */
+function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusObject> {
+  const error = (answer.body.error ?? {}) as { code?: string; message?: string; field?: string };
+  const metadata = new grpc.Metadata();
+  if (error.field !== undefined) metadata.set("field", error.field);
+  if (error.code !== undefined) metadata.set("muster-code", error.code);
+  const leader = backend.leaderGrpc();
+  if (answer.status === 503 && leader !== null) metadata.set("leader", leader);
+  return {
+    code: statusOf[answer.status] ?? grpc.status.INTERNAL,
+    details: error.message ?? `HTTP ${answer.status}`,
+    metadata,
+  };
+}
+
+/** Path segments and query values go into URLs escaped. */
+function segment(value: unknown): string {
+  return encodeURIComponent(String(value ?? ""));
+}
+
+function query(params: Record<string, unknown>): string {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === "" || value === false) continue;
+    for (const item of Array.isArray(value) ? value : [value]) search.append(key, String(item));
+  }
+  const text = search.toString();
+  return text === "" ? "" : `?${text}`;
+}
+
+/** Only the fields the caller set: proto3 leaves the others unset, HTTP applies its defaults. */
+function present(fields: Fields): Fields {
+  return Object.fromEntries(
+    Object.entries(fields).filter(([, value]) => value !== undefined && value !== ""),
+  );
+}
+
+export class GrpcApi {
+  private readonly server: grpc.Server;
+  private readonly health = new HealthImplementation({ "": "NOT_SERVING" });
+  private readonly timer: NodeJS.Timeout;
+
+  private constructor(
+    private readonly backend: GrpcBackend,
+    readonly port: number,
+    server: grpc.Server,
+  ) {
+    this.server = server;
+    this.timer = setInterval(() => this.refreshHealth(), healthRefreshMs);
+    this.timer.unref();
+    this.refreshHealth();
+  }
+
+  static async start(listen: string, backend: GrpcBackend): Promise<GrpcApi> {
+    const definition = protoLoader.loadSync(protoFile, {
+      keepCase: false,
+      longs: Number,
+      enums: String,
+      defaults: false,
+      oneofs: true,
+    });
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+      muster: { v1: Record<string, { service: grpc.ServiceDefinition }> };
+    };
+    const server = new grpc.Server({
+      "grpc.max_receive_message_length": 4 * 1024 * 1024,
+      "grpc.max_send_message_length": 64 * 1024 * 1024,
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
+      ),
+    );
+    const api = new GrpcApi(backend, port, server);
+    const v1 = loaded.muster.v1;
+    const service = (name: string) => {
+      const found = v1[name];
+      if (found === undefined) throw new Error(`muster.v1.${name} missing from the proto file`);
+      return found.service;
+    };
+    server.addService(service("Registry"), api.registry());
+    server.addService(service("Sessions"), api.sessions());
+    server.addService(service("Locks"), api.locks());
+    server.addService(service("Elections"), api.elections());
+    server.addService(service("Cluster"), api.cluster());
+    api.health.addToServer(server);
+    new ReflectionService(definition).addToServer(server);
+    return api;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    this.server.forceShutdown();
+  }
+
+  private refreshHealth(): void {
+    const status = this.backend.hasLeader() ? "SERVING" : "NOT_SERVING";
+    this.health.setStatus("", status);
+    for (const name of ["Registry", "Sessions", "Locks", "Elections", "Cluster"]) {
+      this.health.setStatus(`muster.v1.${name}`, status);
+    }
+  }
+
+  /** A unary RPC answered by one HTTP call; `shape` turns the 200 answer into the reply. */
+  private unary(
+    toHttp: (request: Fields) => HttpCall,
+    shape: (body: Fields) => Fields,
+    /** HTTP statuses besides 200 that are answers, not errors (e.g. 409 "not acquired"). */
+    answers: readonly number[] = [],
+  ): grpc.handleUnaryCall<Fields, Fields> {
+    return (call, callback) => {
+      this.backend
+        .http(toHttp(call.request))
+        .then((answer) => {
+          if (answer.status === 200 || answers.includes(answer.status)) {
+            callback(null, shape(answer.body));
+          } else {
+            callback(toError(answer, this.backend));
+          }
+        })
+        .catch((error: unknown) =>
+          callback({ code: grpc.status.INTERNAL, details: (error as Error).message }),
+        );
+    };
+  }
+
+  private registry(): grpc.UntypedServiceImplementation {
+    const instancePath = (r: Fields) =>
+      `/v1/services/${segment(r.service)}/instances/${segment(r.id)}`;
+    return {
+      register: this.unary(
+        (r) => ({
+          method: "PUT",
+          url: instancePath(r),
+          body: present({
+            address: r.address,
+            port: r.port,
+            tags: r.tags,
+            meta: r.meta,
+            weight: r.weight,
+            version: r.version,
+            ttl: r.ttl,
+            status: r.status,
+            session: r.session,
+          }),
+        }),
+        (body) => ({ instance: body }),
+      ),
+      deregister: this.unary(
+        (r) => ({ method: "DELETE", url: instancePath(r) }),
+        () => ({}),
+      ),
+      get: this.unary(
+        (r) => ({
+          method: "GET",
+          url: `/v1/services/${segment(r.service)}${query({ healthy: r.healthy, tag: r.tags, consistency: r.consistency })}`,
+        }),
+        (body) => body,
+      ),
+      list: this.unary(
+        (r) => ({ method: "GET", url: `/v1/services${query({ consistency: r.consistency })}` }),
+        (body) => body,
+      ),
+      watch: (call: grpc.ServerWritableStream<Fields, Fields>) => this.watch(call),
+      keepAlive: (call: grpc.ServerDuplexStream<Fields, Fields>) => this.keepAlive(call),
+    };
+  }
+
+  /** The current instances, then every change, each with its index; resumable from one. */
+  private async watch(call: grpc.ServerWritableStream<Fields, Fields>): Promise<void> {
+    const request = call.request;
+    let index = Number(request.index ?? 0);
+    let first = index === 0;
+    let cancelled = false;
+    call.on("cancelled", () => {
+      cancelled = true;
+    });
+    const filters = { healthy: request.healthy, tag: request.tags };
+    while (!cancelled) {
+      const blocking = first ? {} : { index, wait: `${watchRoundMs}ms` };
+      first = false;
+      const answer = await this.backend.http({
+        method: "GET",
+        url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
+      });
+      if (answer.status !== 200 && answer.status !== 404) {
+        call.destroy(
+          Object.assign(
+            new Error(String(toError(answer, this.backend).details)),
+            toError(answer, this.backend),
+          ),
+        );
+        return;
+      }
+      const changed = Number(answer.headers["x-muster-index"] ?? 0);
+      if (changed > index || (index === 0 && changed === 0)) {
+        index = changed;
+        const instances = answer.status === 200 ? answer.body.instances : [];
+        if (!cancelled) call.write({ service: request.service, index, instances });
+      }
+    }
+  }
+
+  /** Heartbeats and session renewals over one stream, answered in order. */
+  private keepAlive(call: grpc.ServerDuplexStream<Fields, Fields>): void {
+    let chain: Promise<void> = Promise.resolve();
+    call.on("data", (message: Fields) => {
+      chain = chain.then(async () => {
+        const heartbeat = message.heartbeat as Fields | undefined;
+        const session = message.session as string | undefined;
+        const http: HttpCall | null =
+          heartbeat !== undefined
+            ? {
+                method: "PUT",
+                url: `/v1/services/${segment(heartbeat.service)}/instances/${segment(heartbeat.id)}/heartbeat`,
+                body: present({ status: heartbeat.status, output: heartbeat.output }),
+              }
+            : session !== undefined
+              ? { method: "PUT", url: `/v1/sessions/${segment(session)}/renew` }
+              : null;
+        if (http === null) {
+          call.write({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
+          return;
+        }
+        const answer = await this.backend.http(http).catch(() => null);
+        if (answer?.status === 200) {
+          call.write({ ok: true, status: String(answer.body.status ?? "") });
+          return;
+        }
+        const error = answer === null ? null : toError(answer, this.backend);
+        call.write({
+          ok: false,
+          code: grpc.status[error?.code ?? grpc.status.UNAVAILABLE],
+          message: error?.details ?? "no answer",
+        });
+      });
+    });
+    call.on("end", () => {
+      void chain.then(() => call.end());
+    });
+    call.on("error", () => undefined);
+  }
+
+  private sessions(): grpc.UntypedServiceImplementation {
+    const session = (body: Fields) => body;
+    return {
+      create: this.unary(
+        (r) => ({
+          method: "POST",
+          url: "/v1/sessions",
+          body: present({ ttl: r.ttl, name: r.name, behavior: r.behavior, lockDelay: r.lockDelay }),
+        }),
+        session,
+      ),
+      renew: this.unary(
+        (r) => ({ method: "PUT", url: `/v1/sessions/${segment(r.id)}/renew` }),
+        session,
+      ),
+      destroy: this.unary(
+        (r) => ({ method: "DELETE", url: `/v1/sessions/${segment(r.id)}` }),
+        () => ({}),
+      ),
+      get: this.unary((r) => ({ method: "GET", url: `/v1/sessions/${segment(r.id)}` }), session),
+    };
+  }
+
+  private locks(): grpc.UntypedServiceImplementation {
+    const path = (r: Fields, action = "") => `/v1/locks/${segment(r.name)}${action}`;
+    return {
+      acquire: this.unary(
+        (r) => ({
+          method: "POST",
+          url: path(r, "/acquire"),
+          body: present({ session: r.session, value: r.value, wait: r.wait }),
+        }),
+        (body) => ({
+          acquired: body.acquired === true,
+          token: body.token ?? 0,
+          holder: body.holder ?? undefined,
+        }),
+        [409],
+      ),
+      release: this.unary(
+        (r) => ({
+          method: "POST",
+          url: path(r, "/release"),
+          body: present({ session: r.session }),
+        }),
+        () => ({}),
+      ),
+      get: this.unary(
+        (r) => ({ method: "GET", url: `${path(r)}${query({ consistency: r.consistency })}` }),
+        (body) => ({ holder: body.holder ?? undefined, waiters: body.waiters, index: body.index }),
+      ),
+      check: this.unary(
+        (r) => ({ method: "POST", url: path(r, "/check"), body: { token: r.token ?? 0 } }),
+        (body) => ({ current: body.current === true, token: body.token ?? 0 }),
+        [409],
+      ),
+    };
+  }
+
+  private elections(): grpc.UntypedServiceImplementation {
+    const path = (r: Fields, action = "") => `/v1/elections/${segment(r.name)}${action}`;
+    return {
+      campaign: this.unary(
+        (r) => ({
+          method: "POST",
+          url: path(r, "/campaign"),
+          body: present({ session: r.session, value: r.value, wait: r.wait }),
+        }),
+        (body) => ({
+          elected: body.elected === true,
+          token: body.token ?? 0,
+          leader: body.leader ?? undefined,
+        }),
+        [409],
+      ),
+      resign: this.unary(
+        (r) => ({ method: "POST", url: path(r, "/resign"), body: present({ session: r.session }) }),
+        () => ({}),
+      ),
+      get: this.unary(
+        (r) => ({ method: "GET", url: `${path(r)}${query({ consistency: r.consistency })}` }),
+        (body) => ({ leader: body.leader ?? undefined, index: body.index }),
+      ),
+    };
+  }
+
+  private cluster(): grpc.UntypedServiceImplementation {
+    return {
+      leader: this.unary(
+        () => ({ method: "GET", url: "/v1/cluster/leader" }),
+        (body) => ({ leader: body.leader ?? undefined, term: body.term }),
+      ),
+      members: this.unary(
+        () => ({ method: "GET", url: "/v1/cluster/members" }),
+        (body) => body,
+      ),
+    };
+  }
+}
