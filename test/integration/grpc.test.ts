@@ -51,6 +51,12 @@ function client(service: string, node: string): Client {
   return created;
 }
 
+/** The status of instance `id` in a Watch event, if it is there. */
+function statusOf(event: Fields, id: string): string | undefined {
+  const found = ((event.instances ?? []) as Fields[]).find((instance) => instance.id === id);
+  return found === undefined ? undefined : String(found.status);
+}
+
 /** A unary call as a promise; rejects with the gRPC error. */
 function call(target: Client, method: string, request: Fields): Promise<Fields> {
   return new Promise((resolve, reject) => {
@@ -218,13 +224,36 @@ describe("the gRPC API on a three-node cluster", () => {
       id: "a2",
       address: "10.0.1.2",
       port: 2,
-      ttl: "30s",
+      ttl: "2s",
     });
+    // A status change, reported by a heartbeat over KeepAlive.
+    const keepAlive = (
+      client("Registry", "n2").keepAlive as () => grpc.ClientDuplexStream<Fields, Fields>
+    )();
+    keepAlive.on("data", () => undefined);
+    keepAlive.write({ heartbeat: { service: "api", id: "a1", status: "warning" } });
+    keepAlive.end();
+    // a2 stops heartbeating: its TTL runs out and it turns critical.
+    await eventually(
+      "a2 to turn critical",
+      async () => (events.some((e) => statusOf(e, "a2") === "critical") ? true : undefined),
+      8000,
+    );
     await call(client("Registry", "n2"), "deregister", { service: "api", id: "a1" });
-    await eventually("both changes", async () => (events.length >= 3 ? true : undefined));
+    await eventually("the deregistration", async () =>
+      events.some((e) => statusOf(e, "a1") === undefined && e !== events[0]) ? true : undefined,
+    );
     stream.cancel();
-    const ids = events.map((event) => ((event.instances ?? []) as Fields[]).map((i) => i.id));
-    expect(ids.slice(0, 3)).toEqual([["a1"], ["a1", "a2"], ["a2"]]);
+    const steps = events.map((event) =>
+      ((event.instances ?? []) as Fields[]).map((i) => `${i.id}:${i.status}`).join(" "),
+    );
+    expect(steps).toEqual([
+      "a1:passing",
+      "a1:passing a2:passing",
+      "a1:warning a2:passing",
+      "a1:warning a2:critical",
+      "a2:critical",
+    ]);
     const indexes = events.map((event) => event.index as number);
     expect(indexes).toEqual([...indexes].sort((x, y) => x - y));
     // Resuming from the first event's index replays what came after it.
@@ -330,4 +359,131 @@ describe("the gRPC API on a three-node cluster", () => {
     );
     expect(write.code).toBe(grpc.status.UNAVAILABLE);
   });
+
+  it("Watch resumes from its last index on another node after the one it used is killed", async () => {
+    const fresh = await AgentCluster.create();
+    const local = (service: string, node: string) => {
+      const Service = packages.muster.v1[service];
+      if (Service === undefined) throw new Error(`no service ${service}`);
+      const created = new Service(fresh.get(node).grpc, grpc.credentials.createInsecure());
+      clients.push(created);
+      return created;
+    };
+    try {
+      await fresh.bootstrap(ids);
+      const leader = await fresh.leader();
+      const follower = ids.find((id) => id !== leader) ?? "n2";
+      const other = ids.find((id) => id !== leader && id !== follower) ?? "n3";
+      await call(local("Registry", leader), "register", {
+        service: "w",
+        id: "a",
+        address: "10.0.0.1",
+        port: 1,
+        ttl: "30s",
+      });
+      const seen: Fields[] = [];
+      const stream = (
+        local("Registry", follower).watch as (r: Fields) => grpc.ClientReadableStream<Fields>
+      )({ service: "w" });
+      const ended = new Promise((resolve) => stream.on("error", resolve));
+      stream.on("data", (event: Fields) => seen.push(event));
+      await eventually("the first event", async () => (seen.length >= 1 ? true : undefined));
+      await fresh.kill(follower, "SIGKILL");
+      await ended;
+      // Changes while the watcher is away.
+      await call(local("Registry", leader), "register", {
+        service: "w",
+        id: "b",
+        address: "10.0.0.2",
+        port: 2,
+        ttl: "30s",
+      });
+      const last = seen.at(-1)?.index as number;
+      const resumed: Fields[] = [];
+      const again = (
+        local("Registry", other).watch as (r: Fields) => grpc.ClientReadableStream<Fields>
+      )({ service: "w", index: last });
+      again.on("data", (event: Fields) => resumed.push(event));
+      again.on("error", () => undefined);
+      await eventually("the change made while away", async () =>
+        resumed.length >= 1 ? true : undefined,
+      );
+      again.cancel();
+      expect(((resumed[0]?.instances ?? []) as Fields[]).map((i) => i.id)).toEqual(["a", "b"]);
+      expect(resumed[0]?.index).toBeGreaterThan(last);
+    } finally {
+      await fresh.destroy();
+    }
+  });
+
+  it("KeepAlive keeps 100 instances and a session alive across a kill -9 of the leader", async () => {
+    const fresh = await AgentCluster.create();
+    const local = (service: string, node: string) => {
+      const Service = packages.muster.v1[service];
+      if (Service === undefined) throw new Error(`no service ${service}`);
+      const created = new Service(fresh.get(node).grpc, grpc.credentials.createInsecure());
+      clients.push(created);
+      return created;
+    };
+    try {
+      await fresh.bootstrap(ids);
+      const leader = await fresh.leader();
+      const via = ids.find((id) => id !== leader) ?? "n2";
+      const registry = local("Registry", via);
+      const refs = Array.from({ length: 100 }, (_, n) => `k${n}`);
+      for (const id of refs) {
+        await call(registry, "register", {
+          service: "kept",
+          id,
+          address: "10.0.3.1",
+          port: 1,
+          ttl: "2s",
+        });
+      }
+      const session = await call(local("Sessions", via), "create", { ttl: "2s" });
+      const stream = (
+        local("Registry", via).keepAlive as () => grpc.ClientDuplexStream<Fields, Fields>
+      )();
+      stream.on("data", () => undefined);
+      stream.on("error", () => undefined);
+      let beating = true;
+      const beats = (async () => {
+        while (beating) {
+          for (const id of refs) stream.write({ heartbeat: { service: "kept", id } });
+          stream.write({ session: session.id });
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+      })();
+      const statuses = new Set<string>();
+      const sample = async () => {
+        const got = await call(local("Registry", via), "get", {
+          service: "kept",
+          consistency: "stale",
+        }).catch(() => null);
+        for (const instance of (got?.instances ?? []) as Fields[])
+          statuses.add(String(instance.status));
+      };
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      await fresh.kill(leader, "SIGKILL");
+      const until = Date.now() + 6000;
+      while (Date.now() < until) {
+        await sample();
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      beating = false;
+      await beats;
+      stream.end();
+      expect([...statuses]).toEqual(["passing"]);
+      const kept = await call(local("Registry", via), "get", {
+        service: "kept",
+        consistency: "linearizable",
+      });
+      expect((kept.instances as Fields[]).length).toBe(100);
+      expect(await call(local("Sessions", via), "get", { id: session.id })).toMatchObject({
+        id: session.id,
+      });
+    } finally {
+      await fresh.destroy();
+    }
+  }, 60_000);
 });
