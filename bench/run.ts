@@ -1,4 +1,5 @@
 import { runDnsBench } from "./dns.js";
+import { runGrpcBench } from "./grpc.js";
 import { runLocksBench } from "./locks.js";
 import { runRaftBench } from "./raft.js";
 import { runRaftCoreBench } from "./raft-core.js";
@@ -10,6 +11,7 @@ const benchmarks: Record<string, () => void | Promise<void>> = {
   registry: runRegistryBench,
   dns: runDnsBench,
   locks: runLocksBench,
+  grpc: runGrpcBench,
 };
 
 const names = process.argv.slice(2);
