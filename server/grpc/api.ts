@@ -3,6 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
+import { parseDuration } from "../config.js";
 
 /**
  * The gRPC API. Every call goes through the HTTP API in process (fastify's inject), so both
@@ -58,6 +59,22 @@ function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusO
     details: error.message ?? `HTTP ${answer.status}`,
     metadata,
   };
+}
+
+/**
+ * A blocking wait never outlasts the call's deadline: the waiter leaves the queue (in the
+ * state machine) before the client stops listening. A bad duration is left for HTTP to refuse.
+ */
+function waitWithin(wait: unknown, remainingMs: number | null): unknown {
+  if (remainingMs === null || typeof wait !== "string" || wait === "") return wait;
+  let asked: number;
+  try {
+    asked = parseDuration(wait);
+  } catch {
+    return wait;
+  }
+  // Leave a moment for the answer to travel back.
+  return `${Math.max(0, Math.floor(Math.min(asked, remainingMs - 200)))}ms`;
 }
 
 /** Path segments and query values go into URLs escaped. */
@@ -151,14 +168,18 @@ export class GrpcApi {
 
   /** A unary RPC answered by one HTTP call; `shape` turns the 200 answer into the reply. */
   private unary(
-    toHttp: (request: Fields) => HttpCall,
+    /** `remainingMs`: what is left of the call's deadline (null: none), to bound any wait. */
+    toHttp: (request: Fields, remainingMs: number | null) => HttpCall,
     shape: (body: Fields) => Fields,
     /** HTTP statuses besides 200 that are answers, not errors (e.g. 409 "not acquired"). */
     answers: readonly number[] = [],
   ): grpc.handleUnaryCall<Fields, Fields> {
     return (call, callback) => {
+      const deadline = call.getDeadline();
+      const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+      const remainingMs = Number.isFinite(at) ? Math.max(0, at - Date.now()) : null;
       this.backend
-        .http(toHttp(call.request))
+        .http(toHttp(call.request, remainingMs))
         .then((answer) => {
           if (answer.status === 200 || answers.includes(answer.status)) {
             callback(null, shape(answer.body));
@@ -316,10 +337,14 @@ export class GrpcApi {
     const path = (r: Fields, action = "") => `/v1/locks/${segment(r.name)}${action}`;
     return {
       acquire: this.unary(
-        (r) => ({
+        (r, remainingMs) => ({
           method: "POST",
           url: path(r, "/acquire"),
-          body: present({ session: r.session, value: r.value, wait: r.wait }),
+          body: present({
+            session: r.session,
+            value: r.value,
+            wait: waitWithin(r.wait, remainingMs),
+          }),
         }),
         (body) => ({
           acquired: body.acquired === true,
@@ -352,10 +377,14 @@ export class GrpcApi {
     const path = (r: Fields, action = "") => `/v1/elections/${segment(r.name)}${action}`;
     return {
       campaign: this.unary(
-        (r) => ({
+        (r, remainingMs) => ({
           method: "POST",
           url: path(r, "/campaign"),
-          body: present({ session: r.session, value: r.value, wait: r.wait }),
+          body: present({
+            session: r.session,
+            value: r.value,
+            wait: waitWithin(r.wait, remainingMs),
+          }),
         }),
         (body) => ({
           elected: body.elected === true,

@@ -58,9 +58,14 @@ function statusOf(event: Fields, id: string): string | undefined {
 }
 
 /** A unary call as a promise; rejects with the gRPC error. */
-function call(target: Client, method: string, request: Fields): Promise<Fields> {
+function call(
+  target: Client,
+  method: string,
+  request: Fields,
+  timeoutMs = 10_000,
+): Promise<Fields> {
   return new Promise((resolve, reject) => {
-    const deadline = new Date(Date.now() + 10_000);
+    const deadline = new Date(Date.now() + timeoutMs);
     (
       target[method] as (
         r: Fields,
@@ -169,6 +174,14 @@ describe("the gRPC API on a three-node cluster", () => {
     });
     expect(await call(locks, "get", { name: "job" })).toMatchObject({
       holder: { session: b.id },
+      waiters: 0,
+    });
+    // A wait longer than the call's deadline ends with the deadline, and leaves the queue.
+    const waited = performance.now();
+    const blocked = await call(locks, "acquire", { name: "job", session: a.id, wait: "1m" }, 2000);
+    expect(blocked).toMatchObject({ acquired: false });
+    expect(performance.now() - waited).toBeLessThan(2000);
+    expect(await call(locks, "get", { name: "job", consistency: "linearizable" })).toMatchObject({
       waiters: 0,
     });
     const unknown = await failure(
