@@ -220,7 +220,6 @@ export class Agent {
     this.fsm.onChange((service) => {
       if (service === null) this.syncPeers();
       this.watches.changed(service);
-      dnsView.changed(service);
       this.dns.invalidate(service);
     });
     this.lessorTimer = setInterval(() => this.runLessor(), lessorIntervalMs);

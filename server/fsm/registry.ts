@@ -149,6 +149,8 @@ interface RegistryState {
   readonly services: Map<string, Map<string, Instance>>;
   /** service -> index of its last change; kept after the last instance goes, for watchers. */
   readonly serviceIndex: Map<string, number>;
+  /** service -> every tag its instances ever carried (DNS tells NODATA from NXDOMAIN by it). */
+  readonly serviceTags: Map<string, Set<string>>;
   /** Index of the last change to any service: the list's index. */
   servicesIndex: number;
   selfPreservation: SelfPreservationMode;
@@ -160,6 +162,7 @@ function emptyState(): RegistryState {
     members: new Map(),
     services: new Map(),
     serviceIndex: new Map(),
+    serviceTags: new Map(),
     servicesIndex: 0,
     selfPreservation: "auto",
     appliedIndex: 0,
@@ -172,6 +175,7 @@ interface StoredRegistry {
   readonly services: {
     readonly name: string;
     readonly index: number;
+    readonly tags: string[];
     readonly instances: Instance[];
   }[];
   readonly servicesIndex: number;
@@ -188,6 +192,7 @@ function toStored(state: RegistryState, locks: StoredLocks): StoredRegistry {
     services: byKey(state.serviceIndex).map(([name, index]) => ({
       name,
       index,
+      tags: [...(state.serviceTags.get(name) ?? [])].sort(),
       instances: byKey(state.services.get(name) ?? new Map()).map(([, instance]) => instance),
     })),
     servicesIndex: state.servicesIndex,
@@ -208,6 +213,7 @@ function fromStored(stored: StoredRegistry): RegistryState {
       );
     }
     state.serviceIndex.set(service.name, service.index);
+    if (service.tags.length > 0) state.serviceTags.set(service.name, new Set(service.tags));
   }
   state.servicesIndex = stored.servicesIndex;
   state.selfPreservation = stored.selfPreservation;
@@ -371,6 +377,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       modifyIndex: index,
     });
     this.put(stored);
+    this.noteTags(spec);
     this.touch(spec.service, index);
     this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs);
     return { ok: true, instance: stored };
@@ -399,6 +406,16 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     this.put(updated);
     this.touch(instance.service, index);
     return updated;
+  }
+
+  private noteTags(spec: InstanceSpec): void {
+    if (spec.tags.length === 0) return;
+    let tags = this.state.serviceTags.get(spec.service);
+    if (tags === undefined) {
+      tags = new Set();
+      this.state.serviceTags.set(spec.service, tags);
+    }
+    for (const tag of spec.tags) tags.add(tag);
   }
 
   private find(ref: InstanceRef): Instance | undefined {
@@ -467,17 +484,17 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     };
   }
 
+  /** Whether an instance of the service ever carried the tag. */
+  tagKnown(service: string, tag: string): boolean {
+    return this.state.serviceTags.get(service)?.has(tag) ?? false;
+  }
+
   /** Checkpoints applied here (not replicated state): they change heartbeat times only. */
   checkpointsApplied = 0;
 
   /** Index of the service's last change (0: never seen); cheap, for watchers. */
   serviceIndex(service: string): number {
     return this.state.serviceIndex.get(service) ?? 0;
-  }
-
-  /** The service's instances in no particular order, without copying. */
-  unsortedInstances(service: string): Iterable<Instance> {
-    return this.state.services.get(service)?.values() ?? [];
   }
 
   instance(ref: InstanceRef): Instance | undefined {

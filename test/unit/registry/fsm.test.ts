@@ -120,4 +120,17 @@ describe("registry state machine", () => {
     expect(copy.selfPreservationMode).toBe("off");
     expect(copy.services().map((s) => s.name)).toEqual(["web"]);
   });
+
+  it("remembers every tag a service's instances carried, through removal and snapshots", () => {
+    const log = new Log();
+    log.apply({ op: "register", instance: { ...spec("web", "a"), tags: ["blue"] }, now: 0 });
+    log.apply({ op: "deregister", service: "web", id: "a" });
+    const copy = new RegistryStateMachine();
+    copy.restore(log.fsm.snapshot());
+    for (const fsm of [log.fsm, copy]) {
+      expect(fsm.tagKnown("web", "blue")).toBe(true);
+      expect(fsm.tagKnown("web", "green")).toBe(false);
+    }
+  });
 });
+
