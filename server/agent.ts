@@ -432,7 +432,8 @@ export class Agent {
   ): Promise<unknown> {
     const deadline = Date.now() + leaderWaitMs;
     const forwarded = request.headers[forwardedHeader] !== undefined;
-    const gone = clientGone(reply);
+    // Only a forwarded request needs to notice its client leaving.
+    let gone: AbortSignal | null = null;
     for (;;) {
       const status = this.node.status();
       try {
@@ -441,7 +442,12 @@ export class Agent {
         const answer =
           leader === undefined || forwarded
             ? null
-            : await this.forward(request, gone, leader.http, answerWithinMs);
+            : await this.forward(
+                request,
+                (gone ??= clientGone(reply)),
+                leader.http,
+                answerWithinMs,
+              );
         if (answer !== null) {
           if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
           return reply.code(answer.status).send(answer.body);
@@ -452,7 +458,7 @@ export class Agent {
           (error.code === "not-leader" || error.code === "transferring");
         if (!moving) throw error;
       }
-      if (Date.now() >= deadline || this.stopping || gone.aborted) {
+      if (Date.now() >= deadline || this.stopping || gone?.aborted === true) {
         throw new MusterError("MUSTER_ERR_NO_LEADER", "no leader took the write in time");
       }
       await sleep(25);
