@@ -433,7 +433,11 @@ export class Agent {
     const deadline = Date.now() + leaderWaitMs;
     const forwarded = request.headers[forwardedHeader] !== undefined;
     // Only a forwarded request needs to notice its client leaving.
-    let gone: AbortSignal | null = null;
+    let gone = null as AbortSignal | null;
+    const goneSignal = (): AbortSignal => {
+      gone ??= clientGone(reply);
+      return gone;
+    };
     for (;;) {
       const status = this.node.status();
       try {
@@ -442,12 +446,7 @@ export class Agent {
         const answer =
           leader === undefined || forwarded
             ? null
-            : await this.forward(
-                request,
-                (gone ??= clientGone(reply)),
-                leader.http,
-                answerWithinMs,
-              );
+            : await this.forward(request, goneSignal(), leader.http, answerWithinMs);
         if (answer !== null) {
           if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
           return reply.code(answer.status).send(answer.body);

@@ -133,4 +133,3 @@ describe("registry state machine", () => {
     }
   });
 });
-
