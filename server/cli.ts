@@ -7,6 +7,7 @@ import {
   parseLockName,
   runLockCommand,
 } from "./lock-command.js";
+import * as people from "./people-commands.js";
 
 const shutdownLimitMs = 5000;
 
@@ -199,6 +200,104 @@ function lockSubcommand(kind: LockCommandKind): Command {
 
 program.addCommand(lockSubcommand("lock"));
 program.addCommand(lockSubcommand("election"));
+
+/** --http and --json, shared by the subcommands for people. */
+function clientCommand(name: string, description: string): Command {
+  return new Command(name)
+    .description(description)
+    .addOption(
+      new Option("--http <addresses>", "HTTP address of a muster node (comma-separated: fallbacks)")
+        .env("MUSTER_HTTP")
+        .argParser(parseHttpAddresses)
+        .default(["127.0.0.1:7700"], "127.0.0.1:7700"),
+    )
+    .option("--json", "print the API's JSON instead of a table");
+}
+
+function print(run: () => Promise<string>): Promise<void> {
+  return run().then(
+    (text) => console.log(text),
+    (error: unknown) => {
+      console.error(`muster: ${(error as Error).message}`);
+      process.exit(1);
+    },
+  );
+}
+
+type ClientOptions = { http: string[]; json?: boolean };
+const output = (options: ClientOptions) => ({ http: options.http, json: options.json === true });
+
+program.addCommand(
+  clientCommand("members", "the cluster's members, their roles and addresses").action(
+    (options: ClientOptions) => print(() => people.members(output(options))),
+  ),
+);
+program.addCommand(
+  clientCommand("services", "every service, or one service's instances")
+    .argument("[service]", "a service name: list its instances")
+    .action((service: string | undefined, options: ClientOptions) =>
+      print(() => people.services(output(options), service)),
+    ),
+);
+program.addCommand(
+  clientCommand("register", "register (or replace) an instance")
+    .argument("<service>", "service name")
+    .argument("<id>", "instance id")
+    .requiredOption("--address <address>", "where callers reach it")
+    .requiredOption("--port <port>", "its port", (text) => Number(text))
+    .option(
+      "--tag <tag>",
+      "a tag (repeat for more)",
+      (tag: string, tags: string[]) => [...tags, tag],
+      [],
+    )
+    .option(
+      "--meta <key=value>",
+      "a metadata entry (repeat for more)",
+      (pair: string, meta: Record<string, string>) => {
+        const at = pair.indexOf("=");
+        if (at <= 0) throw new InvalidArgumentError(`"${pair}" is not key=value`);
+        return { ...meta, [pair.slice(0, at)]: pair.slice(at + 1) };
+      },
+      {},
+    )
+    .option("--ttl <duration>", "TTL: heartbeat within it or the instance turns critical")
+    .option("--weight <weight>", "1..1000", (text) => Number(text))
+    .action(
+      (
+        service: string,
+        id: string,
+        options: ClientOptions & {
+          address: string;
+          port: number;
+          tag: string[];
+          meta: Record<string, string>;
+          ttl?: string;
+          weight?: number;
+        },
+      ) =>
+        print(() =>
+          people.register(output(options), {
+            service,
+            id,
+            address: options.address,
+            port: options.port,
+            tags: options.tag,
+            meta: options.meta,
+            ...(options.ttl === undefined ? {} : { ttl: options.ttl }),
+            ...(options.weight === undefined ? {} : { weight: options.weight }),
+          }),
+        ),
+    ),
+);
+program.addCommand(
+  clientCommand("deregister", "remove an instance")
+    .argument("<service>", "service name")
+    .argument("<id>", "instance id")
+    .action((service: string, id: string, options: ClientOptions) =>
+      print(() => people.deregister(output(options), service, id)),
+    ),
+);
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`muster: ${(error as Error).message}`);

@@ -1,0 +1,111 @@
+import { MusterHttpClient } from "./lock-command.js";
+
+/** What `muster members`, `services` and `register` print: a table, or JSON with --json. */
+
+export interface OutputOptions {
+  readonly http: string[];
+  readonly json: boolean;
+}
+
+/** Columns padded to their widest cell; a header line first. */
+export function table(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((header, column) =>
+    Math.max(header.length, ...rows.map((row) => (row[column] ?? "").length)),
+  );
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((cell, column) => cell.padEnd(widths[column] ?? 0))
+      .join("  ")
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}
+
+async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
+  const client = new MusterHttpClient(options.http, 5000);
+  const answer = await client.call("GET", path);
+  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
+  return answer.body;
+}
+
+function errorText(body: Record<string, unknown>, status: number): string {
+  const error = body.error as { message?: string; field?: string } | undefined;
+  return `${error?.message ?? `HTTP ${status}`}${error?.field === undefined ? "" : ` (field ${error.field})`}`;
+}
+
+export async function members(options: OutputOptions): Promise<string> {
+  const body = await get(options, "/v1/cluster/members");
+  if (options.json) return JSON.stringify(body, null, 2);
+  const rows = ((body.members ?? []) as Record<string, unknown>[]).map((member) =>
+    ["id", "role", "voter", "http", "grpc", "raft", "dns"].map((key) => String(member[key] ?? "-")),
+  );
+  return `${table(["ID", "ROLE", "VOTER", "HTTP", "GRPC", "RAFT", "DNS"], rows)}\nterm ${body.term}, commit index ${body.commitIndex}`;
+}
+
+export async function services(
+  options: OutputOptions,
+  service: string | undefined,
+): Promise<string> {
+  if (service === undefined) {
+    const body = await get(options, "/v1/services");
+    if (options.json) return JSON.stringify(body, null, 2);
+    const rows = ((body.services ?? []) as Record<string, unknown>[]).map((entry) => [
+      String(entry.name),
+      String(entry.instances),
+      String(entry.passing),
+      ((entry.tags ?? []) as string[]).join(",") || "-",
+    ]);
+    return table(["SERVICE", "INSTANCES", "PASSING", "TAGS"], rows);
+  }
+  const body = await get(options, `/v1/services/${encodeURIComponent(service)}`);
+  if (options.json) return JSON.stringify(body, null, 2);
+  const rows = ((body.instances ?? []) as Record<string, unknown>[]).map((instance) => [
+    String(instance.id),
+    `${instance.address}:${instance.port}`,
+    String(instance.status),
+    String(instance.weight),
+    ((instance.tags ?? []) as string[]).join(",") || "-",
+    String(instance.lastHeartbeatAt),
+  ]);
+  return table(["ID", "ADDRESS", "STATUS", "WEIGHT", "TAGS", "LAST HEARTBEAT"], rows);
+}
+
+export interface Registration {
+  readonly service: string;
+  readonly id: string;
+  readonly address: string;
+  readonly port: number;
+  readonly tags: string[];
+  readonly meta: Record<string, string>;
+  readonly ttl?: string;
+  readonly weight?: number;
+}
+
+export async function register(
+  options: OutputOptions,
+  registration: Registration,
+): Promise<string> {
+  const client = new MusterHttpClient(options.http, 5000);
+  const { service, id, ...body } = registration;
+  const answer = await client.call(
+    "PUT",
+    `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
+    { body },
+  );
+  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
+  if (options.json) return JSON.stringify(answer.body, null, 2);
+  return `registered ${id} of ${service} at ${registration.address}:${registration.port} (ttl ${answer.body.ttl}; heartbeat it, or it turns critical)`;
+}
+
+export async function deregister(
+  options: OutputOptions,
+  service: string,
+  id: string,
+): Promise<string> {
+  const client = new MusterHttpClient(options.http, 5000);
+  const answer = await client.call(
+    "DELETE",
+    `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
+  );
+  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
+  return options.json ? JSON.stringify(answer.body, null, 2) : `deregistered ${id} of ${service}`;
+}
