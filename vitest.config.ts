@@ -5,6 +5,8 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     environment: "node",
     testTimeout: 120_000,
+    // Hooks start and stop clusters of real processes, which is slow on a busy machine.
+    hookTimeout: 120_000,
     pool: "forks",
   },
 });

@@ -188,7 +188,8 @@ export class AgentCluster {
   }
 
   /** The leader every running agent agrees on. */
-  async leader(timeoutMs = 10_000): Promise<string> {
+  /** Agents start slowly on a loaded 2-core machine (each compiles its TypeScript): 30 s. */
+  async leader(timeoutMs = 30_000): Promise<string> {
     return eventually(
       "every running agent to agree on a leader",
       async () => {
@@ -207,7 +208,7 @@ export class AgentCluster {
   }
 
   /** Every running agent reports the same state hash at the same applied index. */
-  async converged(timeoutMs = 10_000): Promise<{ appliedIndex: number; hash: string }> {
+  async converged(timeoutMs = 30_000): Promise<{ appliedIndex: number; hash: string }> {
     return eventually(
       "every running agent to reach the same state",
       async () => {

@@ -195,7 +195,8 @@ describe("registry over HTTP on a three-node cluster", () => {
       },
       bound + 5000,
     );
-    expect(critical - lastHeartbeat).toBeLessThanOrEqual(bound + 500);
+    // Slack for the lessor's 250 ms look, the commit, our 50 ms polling, and a busy machine.
+    expect(critical - lastHeartbeat).toBeLessThanOrEqual(bound + 1500);
   });
 
   it("self-preservation stops evictions when most instances go silent at once, and releases", async () => {
