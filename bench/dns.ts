@@ -3,13 +3,14 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { AgentCluster } from "../test/integration/agents.js";
 import { percentile } from "./stats.js";
 
 /**
  * DNS throughput of one agent of a three-agent cluster (default timings) on 127.0.0.1,
  * measured with dnsperf exactly as the peer baseline measures dnsmasq
- * (/work/shared/bench/dns-baseline.sh): dnsperf defaults (1 client, 100 outstanding, 5 s
+ * (../shared/bench/dns-baseline.sh, beside the repository): dnsperf defaults (1 client, 100 outstanding, 5 s
  * timeout, no EDNS) at full rate for a mixed SRV+A file, an SRV-only and an A-only file,
  * then a fixed 10,000 qps for latency percentiles. Then the baseline script itself runs
  * (dnsmasq, same durations), and the ratios muster/dnsmasq are printed.
@@ -21,7 +22,9 @@ import { percentile } from "./stats.js";
 const ids = ["n1", "n2", "n3"];
 const seconds = Number(process.env.DNS_BENCH_SECONDS ?? 20);
 const fixedQps = Number(process.env.DNS_BENCH_FIXED_QPS ?? 10_000);
-const baselineScript = process.env.DNS_BENCH_BASELINE ?? "/work/shared/bench/dns-baseline.sh";
+const baselineScript =
+  process.env.DNS_BENCH_BASELINE ??
+  fileURLToPath(new URL("../../shared/bench/dns-baseline.sh", import.meta.url));
 const instances = 10;
 const warmupSeconds = 3;
 
