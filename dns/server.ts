@@ -1,15 +1,7 @@
 import { createSocket, type Socket as UdpSocket } from "node:dgram";
 import { createServer, isIPv6, type Server, type Socket } from "node:net";
 import type { Instance } from "../server/fsm/registry.js";
-import {
-  type AnswerOptions,
-  answer,
-  type DnsRecord,
-  type RegistryView,
-  rcodes,
-  types,
-  weightedOrder,
-} from "./answers.js";
+import { type AnswerOptions, answer, type RegistryView, rcodes, weightedOrder } from "./answers.js";
 import { parseName } from "./names.js";
 import { parseQuery, type Query } from "./query.js";
 import { encodeResponse } from "./wire.js";

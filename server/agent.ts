@@ -22,7 +22,7 @@ import {
 } from "./fsm/registry.js";
 import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
-import { clientGone } from "./http/client-gone.js";
+import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
 import { Watches } from "./watches.js";

@@ -5,8 +5,8 @@ import { type Agent, okOrThrow } from "../agent.js";
 import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Lock, type LockKind, lockKey, type Session } from "../fsm/locks.js";
-import { clientGone, maxUnreadBytes } from "./client-gone.js";
 import { Duration, formatDuration, ReadQuery, sessionIdPattern } from "./schemas.js";
+import { clientGone, openEventStream } from "./streams.js";
 
 const defaultSessionTtlMs = 15_000;
 const maxSessionTtlMs = 3_600_000;
@@ -147,6 +147,19 @@ async function acquire(
   return reply.sent ? null : (outcome as AcquireOutcome);
 }
 
+/** 200 with the token when granted, 409 with whoever holds it otherwise; locks and elections
+ * name the two fields differently. Null: the leader's forwarded answer was already sent. */
+function answerAcquire(
+  reply: FastifyReply,
+  result: AcquireOutcome | null,
+  won: "acquired" | "elected",
+  holder: "holder" | "leader",
+) {
+  if (result === null) return reply;
+  if (result.acquired && result.holder !== null) return { [won]: true, token: result.holder.token };
+  return reply.code(409).send({ [won]: false, [holder]: result.holder });
+}
+
 /** Sessions, locks with fencing tokens, and elections built on locks. */
 export function lockRoutes(agent: Agent) {
   return async (scope: FastifyInstance) => {
@@ -235,11 +248,7 @@ export function lockRoutes(agent: Agent) {
         const { session, value = "" } = request.body;
         const waitMs = bounded(request.body.wait, "wait", maxWaitMs);
         const result = await acquire(agent, request, reply, "lock", name, session, value, waitMs);
-        if (result === null) return reply;
-        if (result.acquired && result.holder !== null) {
-          return { acquired: true, token: result.holder.token };
-        }
-        return reply.code(409).send({ acquired: false, holder: result.holder });
+        return answerAcquire(reply, result, "acquired", "holder");
       },
     );
 
@@ -302,11 +311,7 @@ export function lockRoutes(agent: Agent) {
           request.body.value,
           waitMs,
         );
-        if (result === null) return reply;
-        if (result.acquired && result.holder !== null) {
-          return { elected: true, token: result.holder.token };
-        }
-        return reply.code(409).send({ elected: false, leader: result.holder });
+        return answerAcquire(reply, result, "elected", "leader");
       },
     );
 
@@ -344,18 +349,11 @@ export function lockRoutes(agent: Agent) {
       async (request, reply) => {
         const { name } = request.params;
         await agent.read("default");
-        const gone = clientGone(reply);
-        reply.hijack();
-        reply.raw.writeHead(200, {
-          "content-type": "text/event-stream",
-          "cache-control": "no-cache",
-          connection: "keep-alive",
-          ...agent.stalenessHeaders(),
-        });
+        const stream = openEventStream(reply, agent.stalenessHeaders());
         // Observers hear of each change of leader, "no leader" included, not of queue changes:
         // each is noted as its entry applies, even when several apply in one batch.
         const key = lockKey("election", name);
-        const pending: string[] = [];
+        const pending: { id: number; data: string }[] = [];
         let last: number | null | undefined;
         const note = () => {
           const view = lockView(agent, "election", name);
@@ -364,24 +362,22 @@ export function lockRoutes(agent: Agent) {
           if (token === last) return;
           last = token;
           const data = JSON.stringify({ leader, index: view.index });
-          pending.push(`id: ${view.index}\nevent: leader\ndata: ${data}\n\n`);
+          pending.push({ id: view.index, data });
         };
         note();
         const unsubscribe = agent.fsm.onChange((changed) => {
           if (changed === key || changed === null) note();
         });
         try {
-          while (!gone.aborted) {
+          watching: while (!stream.gone.aborted) {
             for (let event = pending.shift(); event !== undefined; event = pending.shift()) {
-              reply.raw.write(event);
+              if (!stream.send(event.id, "leader", event.data)) break watching;
             }
-            // A watcher that stops reading is dropped rather than buffered for without end.
-            if (reply.raw.writableLength > maxUnreadBytes) break;
-            await agent.watches.next(key, gone);
+            await agent.watches.next(key, stream.gone);
           }
         } finally {
           unsubscribe();
-          reply.raw.end();
+          stream.close();
         }
       },
     );

@@ -4,7 +4,6 @@ import type { Agent, Consistency } from "../agent.js";
 import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Instance, isHealthy } from "../fsm/registry.js";
-import { clientGone, maxUnreadBytes } from "./client-gone.js";
 import {
   formatDuration,
   HeartbeatBody,
@@ -15,14 +14,13 @@ import {
   ServiceQuery,
   WatchQuery,
 } from "./schemas.js";
+import { clientGone, openEventStream } from "./streams.js";
 
 const defaultTtlMs = 10_000;
 const maxMetaValueBytes = 512;
 const maxTtlMs = 24 * 3_600_000;
 const defaultWaitMs = 5 * 60_000;
 const maxWaitMs = 10 * 60_000;
-/** SSE comment lines keep proxies from closing an idle stream. */
-const sseKeepAliveMs = 15_000;
 
 /** An instance as the API shows it. */
 export function instanceView(instance: Instance) {
@@ -247,30 +245,19 @@ export function registryRoutes(agent: Agent) {
         // The first event reflects every write acknowledged before the watch began.
         await agent.read("default");
         const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
-        const gone = clientGone(reply);
-        reply.hijack();
-        reply.raw.writeHead(200, {
-          "content-type": "text/event-stream",
-          "cache-control": "no-cache",
-          connection: "keep-alive",
-          ...agent.stalenessHeaders(),
-        });
-        const keepAlive = setInterval(() => reply.raw.write(":\n\n"), sseKeepAliveMs);
+        const stream = openEventStream(reply, agent.stalenessHeaders());
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
-          while (!gone.aborted) {
+          while (!stream.gone.aborted) {
             const view = views.get(service, request.query);
             if (view.index > sent) {
               sent = view.index;
-              reply.raw.write(`id: ${view.index}\nevent: instances\ndata: ${view.json}\n\n`);
+              if (!stream.send(view.index, "instances", view.json)) break;
             }
-            // A watcher that stops reading is dropped rather than buffered for without end.
-            if (reply.raw.writableLength > maxUnreadBytes) break;
-            await agent.watches.next(service, gone);
+            await agent.watches.next(service, stream.gone);
           }
         } finally {
-          clearInterval(keepAlive);
-          reply.raw.end();
+          stream.close();
         }
       },
     );

@@ -43,10 +43,10 @@ const packages = grpc.loadPackageDefinition(
 let cluster: AgentCluster;
 const clients: grpc.Client[] = [];
 
-function client(service: string, node: string): Client {
+function client(service: string, node: string, on: AgentCluster = cluster): Client {
   const Service = packages.muster.v1[service];
   if (Service === undefined) throw new Error(`no service ${service}`);
-  const created = new Service(cluster.get(node).grpc, grpc.credentials.createInsecure());
+  const created = new Service(on.get(node).grpc, grpc.credentials.createInsecure());
   clients.push(created);
   return created;
 }
@@ -385,13 +385,7 @@ describe("the gRPC API on a three-node cluster", () => {
 
   it("Watch resumes from its last index on another node after the one it used is killed", async () => {
     const fresh = await AgentCluster.create();
-    const local = (service: string, node: string) => {
-      const Service = packages.muster.v1[service];
-      if (Service === undefined) throw new Error(`no service ${service}`);
-      const created = new Service(fresh.get(node).grpc, grpc.credentials.createInsecure());
-      clients.push(created);
-      return created;
-    };
+    const local = (service: string, node: string) => client(service, node, fresh);
     try {
       await fresh.bootstrap(ids);
       const leader = await fresh.leader();
@@ -441,13 +435,7 @@ describe("the gRPC API on a three-node cluster", () => {
 
   it("KeepAlive keeps 100 instances and a session alive across a kill -9 of the leader", async () => {
     const fresh = await AgentCluster.create();
-    const local = (service: string, node: string) => {
-      const Service = packages.muster.v1[service];
-      if (Service === undefined) throw new Error(`no service ${service}`);
-      const created = new Service(fresh.get(node).grpc, grpc.credentials.createInsecure());
-      clients.push(created);
-      return created;
-    };
+    const local = (service: string, node: string) => client(service, node, fresh);
     try {
       await fresh.bootstrap(ids);
       const leader = await fresh.leader();

@@ -1,0 +1,55 @@
+import type { FastifyReply } from "fastify";
+
+/** What a watch stream may hold for a client that does not read before it is dropped. */
+const maxUnreadBytes = 1024 * 1024;
+
+/**
+ * Aborts when the client goes away before its answer is sent. The request's own "close"
+ * fires once its body is read (Node 20), so it is the response that tells.
+ */
+export function clientGone(reply: FastifyReply): AbortSignal {
+  const gone = new AbortController();
+  const response = reply.raw;
+  if (response.destroyed && !response.writableFinished) gone.abort();
+  response.once("close", () => {
+    if (!response.writableFinished) gone.abort();
+  });
+  return gone.signal;
+}
+
+/** SSE comment lines keep proxies from closing an idle stream. */
+const keepAliveMs = 15_000;
+
+/** A Server-Sent Events stream to one client, with keep-alives and a bound on unread data. */
+export interface EventStream {
+  /** Aborts when the client goes away. */
+  readonly gone: AbortSignal;
+  /** Send one event; false once the client has fallen too far behind (then stop). */
+  send(id: number, event: string, data: string): boolean;
+  close(): void;
+}
+
+export function openEventStream(reply: FastifyReply, headers: Record<string, string>): EventStream {
+  const gone = clientGone(reply);
+  reply.hijack();
+  const response = reply.raw;
+  response.writeHead(200, {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    connection: "keep-alive",
+    ...headers,
+  });
+  const keepAlive = setInterval(() => response.write(":\n\n"), keepAliveMs);
+  return {
+    gone,
+    send(id, event, data) {
+      response.write(`id: ${id}\nevent: ${event}\ndata: ${data}\n\n`);
+      // A watcher that stops reading is dropped rather than buffered for without end.
+      return response.writableLength <= maxUnreadBytes;
+    },
+    close() {
+      clearInterval(keepAlive);
+      response.end();
+    },
+  };
+}
