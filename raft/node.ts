@@ -267,7 +267,7 @@ export class RaftNode<Result> {
 
   private receive(message: Message): void {
     if (this.stopped || message.to !== this.core.id) return;
-    if (message.from === this.core.status().leader) this.leaderContactAt = performance.now();
+    if (message.from === this.core.knownLeader()) this.leaderContactAt = performance.now();
     this.guarded(() => this.core.step(message));
   }
 

@@ -608,6 +608,11 @@ export class Raft {
     };
   }
 
+  /** The leader this node knows, without building a whole status (asked per message). */
+  knownLeader(): NodeId | null {
+    return this.leader;
+  }
+
   /** A leader's view of how far each member has replicated; empty on other roles. */
   replicationStatus(): PeerReplication[] {
     if (this.role !== "leader") return [];
