@@ -39,7 +39,8 @@ const children: ChildProcess[] = nodes.map((node) => {
   child.stderr?.on("data", (chunk: Buffer) => process.stderr.write(`${node.id}: ${chunk}`));
   child.on("exit", (code, signal) => {
     console.log(`${node.id} exited (${signal ?? `code ${code}`})`);
-    if (!stopping) stop();
+    // The other two keep a quorum: a node killed on purpose shows a failover, not an outage.
+    if (!stopping && !children.some(running)) process.exit(1);
   });
   return child;
 });
@@ -53,14 +54,15 @@ for (const node of nodes) {
 console.log("Try: curl -s 127.0.0.1:7700/v1/cluster/members   (Ctrl-C stops the cluster)");
 
 let stopping = false;
+function running(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
 function stop(): void {
   stopping = true;
-  for (const child of children) if (child.exitCode === null) child.kill("SIGTERM");
+  for (const child of children) if (running(child)) child.kill("SIGTERM");
   setTimeout(() => process.exit(0), 6000).unref();
   Promise.all(
-    children.map((child) =>
-      child.exitCode !== null ? null : new Promise((r) => child.once("exit", r)),
-    ),
+    children.map((child) => (running(child) ? new Promise((r) => child.once("exit", r)) : null)),
   ).then(() => process.exit(0));
 }
 process.on("SIGINT", stop);

@@ -15,7 +15,7 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
     logger: false,
     bodyLimit: 64 * 1024,
     // Longer than any valid parameter, so that the schema, not the router, refuses it.
-    maxParamLength: 1024,
+    routerOptions: { maxParamLength: 1024 },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   // Bodies are JSON: a wrong type is an error, never converted. Query strings and path
