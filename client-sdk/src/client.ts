@@ -64,7 +64,8 @@ export class MusterClient {
       picker = this.balancer(service, this.options.fetch);
       this.pickers.set(service, picker);
     }
-    await picker.view.ready(init.signal ? { signal: init.signal } : {});
+    const timeoutMs = this.options.deadlineMs ?? 30_000;
+    await picker.view.ready(init.signal ? { signal: init.signal, timeoutMs } : { timeoutMs });
     return fetchFromService(picker, target, init);
   }
 
@@ -109,11 +110,10 @@ export class MusterClient {
 
   /** A raw call to the registry's HTTP API, with the client's failover. */
   call(method: string, path: string, body?: unknown): Promise<Answer> {
-    return this.http.call(
-      method,
-      path,
-      body === undefined ? {} : { body, write: method !== "GET" },
-    );
+    return this.http.call(method, path, {
+      ...(body === undefined ? {} : { body }),
+      write: method !== "GET",
+    });
   }
 
   /**

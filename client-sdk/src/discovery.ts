@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ExponentialBackoff, type IBackoff } from "cockatiel";
+import { bound } from "./deadline.js";
 import { type RegistryHttp, RegistryUnavailableError } from "./http.js";
 import { type Consistency, type Duration, formatMs, type Instance, toMs } from "./types.js";
 
@@ -83,11 +84,12 @@ export class ServiceView extends EventEmitter implements AsyncIterable<readonly 
   async ready(
     options: { signal?: AbortSignal; timeoutMs?: number } = {},
   ): Promise<readonly Instance[]> {
-    const limits = [this.stop.signal];
-    if (options.signal !== undefined) limits.push(options.signal);
-    if (options.timeoutMs !== undefined)
-      limits.push(AbortSignal.timeout(Math.ceil(options.timeoutMs)));
-    const signal = AbortSignal.any(limits);
+    const limit = bound(
+      options.timeoutMs ?? Number.POSITIVE_INFINITY,
+      this.stop.signal,
+      options.signal,
+    );
+    const signal = limit.signal;
     if (!this.answered) {
       await new Promise<void>((resolve, reject) => {
         const abort = () =>
@@ -102,6 +104,7 @@ export class ServiceView extends EventEmitter implements AsyncIterable<readonly 
         signal.addEventListener("abort", abort, { once: true });
         void this.firstAnswer.then(() => {
           signal.removeEventListener("abort", abort);
+          limit.clear();
           resolve();
         });
       });
@@ -178,8 +181,8 @@ export class ServiceView extends EventEmitter implements AsyncIterable<readonly 
       this.emit("fresh");
     }
     const first = !this.answered;
-    // A node that is behind may answer an older index after its wait: keep the newer view.
-    if (!first && index <= this.currentIndex) return;
+    if (!first && index === this.currentIndex) return;
+    // A lower index means a registry rebuilt or restored from a backup: follow it, as Consul does.
     this.answered = true;
     this.currentIndex = index;
     this.current = instances;

@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ExponentialBackoff, type IBackoff } from "cockatiel";
+import { bound } from "./deadline.js";
 import type { RegistryHttp } from "./http.js";
 import { acquire, type Holder, type Lock } from "./locks.js";
 import type { SessionOptions } from "./session.js";
@@ -16,7 +17,8 @@ const retryBackoff = new ExponentialBackoff({ initialDelay: 100, maxDelay: 5000 
 
 /**
  * Every change of an election's leader, "no leader" included, in order, from the
- * registry's election stream; reconnects on its own and resumes where it left off.
+ * registry's election stream. It reconnects on its own; changes that came and went while
+ * it was disconnected are not replayed, the leader it finds then is reported.
  * Events: "leader" (Leadership), "trouble" (error).
  */
 export class ElectionObserver extends EventEmitter {
@@ -137,8 +139,10 @@ export class Candidate extends EventEmitter {
         backoff = undefined;
         this.held = lock;
         this.emit("elected", lock.token);
-        const lost = AbortSignal.any([lock.signal, signal]);
-        await new Promise((resolve) => lost.addEventListener("abort", resolve, { once: true }));
+        // A listener of "elected" may already have resigned.
+        const lost = bound(Number.POSITIVE_INFINITY, lock.signal, signal).signal;
+        if (!lost.aborted)
+          await new Promise((resolve) => lost.addEventListener("abort", resolve, { once: true }));
         if (signal.aborted) return;
         this.held = null;
         this.emit("lost", lock.signal.reason);

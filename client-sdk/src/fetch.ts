@@ -83,7 +83,7 @@ export async function fetchFromService(
           return error.response;
         await error.response.body?.cancel();
       } else if (error instanceof BrokenCircuitError) {
-        // Its probe call is in flight: choose another one at once.
+        // Its breaker opened meanwhile: choose another one at once.
         continue;
       } else if (init.signal?.aborted === true || !(idempotent || notSent(error)) || last) {
         throw error;

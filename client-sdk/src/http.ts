@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { ExponentialBackoff, type IBackoff } from "cockatiel";
 import { Agent, type Dispatcher, request } from "undici";
+import { bound } from "./deadline.js";
 import { toMs } from "./types.js";
 
 /** An answer of the registry that is an error the caller must see (400, 404, 409, ...). */
@@ -113,7 +114,7 @@ export class RegistryHttp {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.followLeader = options.followLeader ?? true;
-    this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connections: 16 });
+    this.dispatcher = new Agent({ keepAliveTimeout: 30_000 });
   }
 
   /** Drop every connection, aborting calls in flight (blocking reads and streams included). */
@@ -123,9 +124,20 @@ export class RegistryHttp {
 
   /** One call, failing over between nodes; throws MusterApiError or RegistryUnavailableError. */
   async call(method: string, path: string, options: CallOptions = {}): Promise<Answer> {
-    const deadline = AbortSignal.timeout(Math.ceil(options.deadlineMs ?? this.deadlineMs));
-    const signal =
-      options.signal === undefined ? deadline : AbortSignal.any([options.signal, deadline]);
+    const limit = bound(options.deadlineMs ?? this.deadlineMs, options.signal);
+    try {
+      return await this.attempts(method, path, options, limit.signal);
+    } finally {
+      limit.clear();
+    }
+  }
+
+  private async attempts(
+    method: string,
+    path: string,
+    options: CallOptions,
+    signal: AbortSignal,
+  ): Promise<Answer> {
     if (options.write === true && this.followLeader) await this.refreshLeader(signal);
     const order = this.order(options.write === true);
     let backoff: IBackoff<unknown> | undefined;
@@ -171,10 +183,8 @@ export class RegistryHttp {
   ): Promise<{ answer: Answer } | { problem: string }> {
     const blockingMs =
       options.query?.wait !== undefined ? toMs(String(options.query.wait), "wait") : 0;
-    const attemptSignal = AbortSignal.any([
-      signal,
-      AbortSignal.timeout(Math.ceil((options.timeoutMs ?? this.timeoutMs) + blockingMs)),
-    ]);
+    const limit = bound((options.timeoutMs ?? this.timeoutMs) + blockingMs, signal);
+    const attemptSignal = limit.signal;
     try {
       const response = await request(`${endpoint}${path}${queryString(options.query)}`, {
         method: method as Dispatcher.HttpMethod,
@@ -204,6 +214,8 @@ export class RegistryHttp {
       if (error instanceof MusterApiError) throw error;
       if (options.signal?.aborted === true) throw abortError(options.signal);
       return { problem: error instanceof Error ? error.message : String(error) };
+    } finally {
+      limit.clear();
     }
   }
 
@@ -222,6 +234,8 @@ export class RegistryHttp {
         method: "GET",
         dispatcher: this.dispatcher,
         signal,
+        // The server sends a keep-alive every 15 s: silence for longer means a dead node.
+        bodyTimeout: 45_000,
         headers: {
           accept: "text/event-stream",
           ...(lastEventId === undefined ? {} : { "last-event-id": lastEventId }),

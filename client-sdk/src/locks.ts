@@ -1,3 +1,4 @@
+import { bound } from "./deadline.js";
 import type { RegistryHttp } from "./http.js";
 import { Session, type SessionOptions } from "./session.js";
 import { type Duration, formatMs, toMs } from "./types.js";
@@ -99,23 +100,25 @@ export async function acquire(
   const { base, take, holder } = paths[kind];
   try {
     for (;;) {
-      const signal = AbortSignal.any(
-        options.signal === undefined ? [session.signal] : [session.signal, options.signal],
-      );
+      const limit = bound(Number.POSITIVE_INFINITY, session.signal, options.signal);
+      const signal = limit.signal;
       signal.throwIfAborted();
       const round = Math.max(0, Math.min(roundMs, until - performance.now()));
-      const answer = await http.call("POST", `${base}/${encodeURIComponent(name)}/${take}`, {
-        body: {
-          session: session.id,
-          ...(options.value === undefined ? {} : { value: options.value }),
-          ...(round >= 1 ? { wait: formatMs(round) } : {}),
-        },
-        accept: [409],
-        write: true,
-        signal,
-        timeoutMs: 10_000,
-        deadlineMs: round + 30_000,
-      });
+      const answer = await http
+        .call("POST", `${base}/${encodeURIComponent(name)}/${take}`, {
+          body: {
+            session: session.id,
+            ...(options.value === undefined ? {} : { value: options.value }),
+            ...(round >= 1 ? { wait: formatMs(round) } : {}),
+          },
+          accept: [409],
+          write: true,
+          signal,
+          // The wait is in the body: each attempt gets it on top of its own limit.
+          timeoutMs: round + 10_000,
+          deadlineMs: round + 30_000,
+        })
+        .finally(limit.clear);
       if (answer.status === 200) {
         return new Lock(http, kind, name, Number(answer.body.token), session, own);
       }

@@ -3,7 +3,7 @@ import {
   CircuitState,
   ConsecutiveBreaker,
   circuitBreaker,
-  handleAll,
+  handleWhen,
 } from "cockatiel";
 import { type Duration, toMs } from "./types.js";
 
@@ -64,7 +64,11 @@ export class Outliers {
   private breaker(id: string): CircuitBreakerPolicy {
     const known = this.tracked.get(id);
     if (known !== undefined) return known.breaker;
-    const breaker = circuitBreaker(handleAll, {
+    // The caller giving up (an abort or its own timeout) says nothing about the instance.
+    const failure = handleWhen(
+      (error) => error.name !== "AbortError" && error.name !== "TimeoutError",
+    );
+    const breaker = circuitBreaker(failure, {
       halfOpenAfter: this.ejectForMs,
       breaker: new ConsecutiveBreaker(this.threshold),
     });

@@ -59,8 +59,9 @@ export class InstancePicker {
     this.balancer.begin(instance.id);
     let ok = false;
     try {
+      // In panic mode (every instance ejected) the call bypasses the breaker.
       const result =
-        this.outliers === null
+        this.outliers === null || !this.outliers.eligible(instance.id)
           ? await call(new AbortController().signal)
           : await this.outliers.run(instance.id, call);
       ok = true;

@@ -36,6 +36,27 @@ export interface RegisterOptions {
 
 const drainSignals = ["SIGTERM", "SIGINT"] as const;
 
+/** Registrations that drain on a signal, with one handler for all of them. */
+const drainedOnSignal = new Set<Registration>();
+
+function drainAll(signal: NodeJS.Signals): void {
+  // Other handlers own the shutdown; they can wait for each registration's `closed`.
+  const alone = process.listenerCount(signal) === 1;
+  void Promise.all([...drainedOnSignal].map((registration) => registration.close())).then(() => {
+    if (alone) process.kill(process.pid, signal);
+  });
+}
+
+function drainOnSignal(registration: Registration): void {
+  if (drainedOnSignal.size === 0) for (const name of drainSignals) process.on(name, drainAll);
+  drainedOnSignal.add(registration);
+}
+
+function stopDrainingOnSignal(registration: Registration): void {
+  if (!drainedOnSignal.delete(registration) || drainedOnSignal.size > 0) return;
+  for (const name of drainSignals) process.off(name, drainAll);
+}
+
 function checkResult(result: CheckResult): { status: InstanceStatus; output: string } {
   if (result === true) return { status: "passing", output: "" };
   if (result === false) return { status: "critical", output: "" };
@@ -64,7 +85,6 @@ export class Registration extends EventEmitter {
   private draining: Promise<void> | null = null;
   private finish: () => void = () => undefined;
   private loop: Promise<void> = Promise.resolve();
-  private readonly onSignal = (signal: NodeJS.Signals) => void this.drainOnSignal(signal);
 
   constructor(
     private readonly http: RegistryHttp,
@@ -100,8 +120,12 @@ export class Registration extends EventEmitter {
   async start(signal?: AbortSignal): Promise<Instance> {
     if (this.options.check !== undefined) await this.runCheck();
     const instance = await this.register(signal);
-    if (this.options.handleSignals ?? true)
-      for (const name of drainSignals) process.on(name, this.onSignal);
+    if (this.stop.signal.aborted) {
+      // Closed while registering: the drain may have run before the registration landed.
+      await this.http.call("DELETE", this.path, { write: true, deadlineMs: 10_000 });
+      return instance;
+    }
+    if (this.options.handleSignals ?? true) drainOnSignal(this);
     this.loop = this.heartbeats();
     return instance;
   }
@@ -116,7 +140,7 @@ export class Registration extends EventEmitter {
   }
 
   private async drain(): Promise<void> {
-    for (const name of drainSignals) process.off(name, this.onSignal);
+    stopDrainingOnSignal(this);
     this.stop.abort();
     await this.loop;
     this.emit("draining");
@@ -136,13 +160,6 @@ export class Registration extends EventEmitter {
     } finally {
       this.finish();
     }
-  }
-
-  private async drainOnSignal(signal: NodeJS.Signals): Promise<void> {
-    // Others listening own the shutdown; they can wait for `closed`.
-    const alone = process.listenerCount(signal) === 1;
-    await this.close();
-    if (alone) process.kill(process.pid, signal);
   }
 
   private async register(signal?: AbortSignal): Promise<Instance> {
@@ -174,18 +191,24 @@ export class Registration extends EventEmitter {
 
   private async heartbeats(): Promise<void> {
     const signal = this.stop.signal;
+    let pause = this.intervalMs;
     while (!signal.aborted) {
-      const slept = await sleep(this.intervalMs, true, { signal, ref: false }).catch(() => false);
+      const slept = await sleep(pause, true, { signal, ref: false }).catch(() => false);
       if (!slept) return;
+      const started = performance.now();
+      // After a failure, try again soon: a TTL holds only a few heartbeats.
+      pause = Math.min(this.intervalMs, this.ttlMs / 10);
       await this.runCheck();
       try {
         await this.http.call("PUT", `${this.path}/heartbeat`, {
           body: { status: this.status, output: this.output },
           write: true,
           signal,
-          // A heartbeat that cannot land before the next one is due is a lost one.
+          // A silent node must leave time to try the others.
+          timeoutMs: Math.max(250, this.intervalMs / 3),
           deadlineMs: this.intervalMs,
         });
+        pause = Math.max(0, this.intervalMs - (performance.now() - started));
       } catch (error) {
         if (signal.aborted) return;
         if (error instanceof MusterApiError && error.status === 404) {
