@@ -176,7 +176,11 @@ export class Agent {
       id: config.nodeId,
       clusterId: this.clusterId,
       listen: config.raft,
-      peers: new Map([...config.peers, ...joinPeers].filter(([id]) => id !== config.nodeId)),
+      peers: new Map(
+        [...config.peers, ...joinPeers]
+          .filter(([id]) => id !== config.nodeId)
+          .map(([id, address]) => [id, config.raftDial.get(id) ?? address]),
+      ),
       maxQueuedFrames: 8192,
       snapshotChunkBytes: 1024 * 1024,
       maxSnapshotBytes: 1024 * 1024 * 1024,
@@ -256,12 +260,21 @@ export class Agent {
       },
       "agent started",
     );
+    if (config.plantedBug !== null)
+      this.logger.warn(
+        { bug: config.plantedBug },
+        "a known bug is planted: for testing the fault checkers only",
+      );
+  }
+
+  private setPeer(id: string, advertised: string): void {
+    this.transport.setPeer(id, this.config.raftDial.get(id) ?? advertised);
   }
 
   /** Raft peers follow the replicated member list (plus the bootstrap list). */
   private syncPeers(): void {
     for (const member of this.fsm.members()) {
-      if (member.id !== this.config.nodeId) this.transport.setPeer(member.id, member.raft);
+      if (member.id !== this.config.nodeId) this.setPeer(member.id, member.raft);
     }
   }
 
@@ -496,7 +509,7 @@ export class Agent {
 
   /** Wait until reads here reflect every write committed before the request (unless stale). */
   async read(consistency: Consistency): Promise<void> {
-    if (consistency === "stale") return;
+    if (consistency === "stale" || this.config.plantedBug === "local-reads") return;
     try {
       if (consistency === "default") await this.node.leaseRead(proposeTimeoutMs);
       else await this.node.readIndex(proposeTimeoutMs);
@@ -511,7 +524,7 @@ export class Agent {
     if (!known)
       await this.node.changeMembership({ kind: "add-learner", node: member.id }, proposeTimeoutMs);
     await this.propose({ op: "member", member });
-    this.transport.setPeer(member.id, member.raft);
+    this.setPeer(member.id, member.raft);
     return {
       clusterId: this.clusterId,
       member,

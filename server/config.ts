@@ -11,6 +11,8 @@ export interface AgentConfig {
   readonly dns: string;
   /** Bootstrap voters: node id -> Raft address. Empty when joining. */
   readonly peers: ReadonlyMap<string, string>;
+  /** Peers reached at another address than the one they advertise (a proxy, NAT, a tunnel). */
+  readonly raftDial: ReadonlyMap<string, string>;
   /** HTTP address of a running member to join through. */
   readonly join: string | null;
   readonly clusterId: string;
@@ -30,6 +32,11 @@ export interface AgentConfig {
   /** SERVFAIL once no leader was heard for this long; null: answer from local state always. */
   readonly dnsMaxStaleMs: number | null;
   readonly logLevel: string;
+  /**
+   * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
+   * never a flag): "local-reads" answers every read from local state.
+   */
+  readonly plantedBug: PlantedBug | null;
 }
 
 /** "500ms", "10s", "2m", "1h" -> milliseconds. */
@@ -158,6 +165,12 @@ export function agentOptions(): Option[] {
     ),
     option("--cluster-id <id>", "cluster id (default: derived from --peers)", "MUSTER_CLUSTER_ID"),
     option(
+      "--raft-dial <list>",
+      "reach these peers at these addresses instead of the ones they advertise (a proxy, NAT): n2=HOST:PORT,...",
+      "MUSTER_RAFT_DIAL",
+      parsePeers,
+    ),
+    option(
       "--heartbeat-interval <duration>",
       "leader heartbeat interval",
       "MUSTER_HEARTBEAT_INTERVAL",
@@ -240,6 +253,23 @@ export function agentOptions(): Option[] {
 
 type RawOptions = Record<string, unknown>;
 
+const plantedBugs = ["local-reads"] as const;
+export type PlantedBug = (typeof plantedBugs)[number];
+
+function plantedBug(value: string | undefined): PlantedBug | null {
+  if (value === undefined || value === "") return null;
+  if (!(plantedBugs as readonly string[]).includes(value))
+    throw new InvalidArgumentError(`MUSTER_PLANTED_BUG must be one of ${plantedBugs.join(", ")}`);
+  return value as PlantedBug;
+}
+
+/** A peer list from the command line or environment (parsed) or from the config file (text). */
+function peerMap(value: unknown): Map<string, string> {
+  return typeof value === "string"
+    ? parsePeers(value)
+    : ((value as Map<string, string>) ?? new Map());
+}
+
 /** Settings from the command line and environment, over the --config file, over defaults. */
 export function resolveConfig(command: Command): AgentConfig {
   const cli = command.opts<RawOptions>();
@@ -253,11 +283,7 @@ export function resolveConfig(command: Command): AgentConfig {
   const nodeId = pick("nodeId");
   if (typeof nodeId !== "string")
     throw new InvalidArgumentError("--node-id (or MUSTER_NODE_ID) is required");
-  const peersValue = pick("peers");
-  const peers =
-    typeof peersValue === "string"
-      ? parsePeers(peersValue)
-      : ((peersValue as Map<string, string>) ?? new Map());
+  const peers = peerMap(pick("peers"));
   const join = pick("join") as string | undefined;
   if (peers.size === 0 && join === undefined)
     throw new InvalidArgumentError("give --peers to bootstrap or --join to join a cluster");
@@ -285,6 +311,7 @@ export function resolveConfig(command: Command): AgentConfig {
     raft: peers.get(nodeId) ?? raft,
     dns: pick("dns") as string,
     peers,
+    raftDial: peerMap(pick("raftDial")),
     join: join ?? null,
     clusterId:
       (pick("clusterId") as string | undefined) ?? (peers.size > 0 ? clusterIdOf(peers) : ""),
@@ -301,6 +328,7 @@ export function resolveConfig(command: Command): AgentConfig {
     dnsNegativeTtlMs: duration("dnsNegativeTtl"),
     dnsMaxStaleMs: pick("dnsMaxStale") === undefined ? null : duration("dnsMaxStale"),
     logLevel: pick("logLevel") as string,
+    plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),
   };
 }
 

@@ -81,18 +81,23 @@ export class AgentCluster {
   private constructor(
     private readonly root: string,
     private readonly timingArgs: readonly string[],
+    private readonly env: Readonly<Record<string, string>>,
   ) {}
 
   /**
    * `defaultTimings`: run with the product's default heartbeat and election timeout;
-   * `args`: more flags for every agent.
+   * `args`: more flags for every agent; `env`: more environment variables.
    */
   static async create(
-    options: { defaultTimings?: boolean; args?: readonly string[] } = {},
+    options: {
+      defaultTimings?: boolean;
+      args?: readonly string[];
+      env?: Readonly<Record<string, string>>;
+    } = {},
   ): Promise<AgentCluster> {
     const root = await mkdtemp(join(tmpdir(), "muster-cluster-"));
     const timings = options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs;
-    return new AgentCluster(root, [...timings, ...(options.args ?? [])]);
+    return new AgentCluster(root, [...timings, ...(options.args ?? [])], options.env ?? {});
   }
 
   async define(id: string): Promise<AgentProcess> {
@@ -151,7 +156,7 @@ export class AgentCluster {
         ...this.timingArgs,
         ...args,
       ],
-      { stdio: ["ignore", "pipe", "pipe"] },
+      { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...this.env } },
     );
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);

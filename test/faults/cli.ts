@@ -1,0 +1,46 @@
+import { Command, InvalidArgumentError } from "commander";
+import { runCampaign } from "./campaign.js";
+import { faultKinds } from "./nemesis.js";
+
+/** `npm run faults -- --minutes N [--seed S]`: a long fault campaign, one run per few minutes. */
+function positive(text: string): number {
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0)
+    throw new InvalidArgumentError("must be a positive number");
+  return value;
+}
+
+const options = new Command()
+  .option("--minutes <n>", "total time of the campaign", positive, 10)
+  .option("--run-minutes <n>", "time of each run (a fresh cluster each)", positive, 2)
+  .option("--seed <n>", "seed of the first run (default: random)", positive)
+  .parse()
+  .opts<{ minutes: number; runMinutes: number; seed?: number }>();
+
+const end = Date.now() + options.minutes * 60_000;
+let seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
+let failed = 0;
+let runs = 0;
+const totals: Record<string, number> = {};
+while (Date.now() < end) {
+  const durationMs = Math.min(options.runMinutes * 60_000, Math.max(10_000, end - Date.now()));
+  console.log(`run ${runs + 1}: seed ${seed}, ${Math.round(durationMs / 1000)} s`);
+  const report = await runCampaign({
+    seed,
+    durationMs,
+    faults: faultKinds,
+    log: (line) => console.log(`  ${line}`),
+  });
+  runs += 1;
+  for (const [kind, count] of Object.entries(report.faults))
+    totals[kind] = (totals[kind] ?? 0) + count;
+  const ok = report.linearizability.result === "ok" && report.staleViolation === null;
+  if (!ok) failed += 1;
+  console.log(
+    `  ${ok ? "ok" : "FAILED"}: ${report.operations} operations, ${JSON.stringify(report.counts)}, ` +
+      `linearizability ${JSON.stringify(report.linearizability)}, stale ${report.staleViolation ?? "monotonic"}`,
+  );
+  seed += 1;
+}
+console.log(`${runs} runs, ${failed} failed; faults injected: ${JSON.stringify(totals)}`);
+process.exit(failed === 0 ? 0 : 1);
