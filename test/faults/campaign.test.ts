@@ -30,16 +30,24 @@ describe("fault campaigns against three real agents", () => {
       console.log(
         `fault campaign "${mix.name}": seed ${seed} (rerun with MUSTER_FAULT_SEED=${seed - i})`,
       );
-      const report = await runCampaign({ seed, durationMs: 30_000, faults: mix.faults });
+      const report = await runCampaign({
+        seed,
+        durationMs: 30_000,
+        faults: mix.faults,
+        lockWorkers: 3,
+      });
       console.log(
         JSON.stringify({
           operations: report.operations,
           faults: report.faults,
           counts: report.counts,
+          locks: report.locks,
         }),
       );
       expect(report.linearizability).toEqual({ result: "ok" });
       expect(report.staleViolation).toBeNull();
+      expect(report.locks?.violations).toEqual([]);
+      expect(report.locks?.grants ?? 0).toBeGreaterThan(5);
       // Enough happened to mean something: writes acknowledged and reads checked under faults.
       expect(report.counts["put ok"] ?? 0).toBeGreaterThan(100);
       expect(report.counts["read linearizable ok"] ?? 0).toBeGreaterThan(100);

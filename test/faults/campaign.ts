@@ -1,5 +1,6 @@
 import { FaultCluster, nodeIds } from "./fault-cluster.js";
 import { type CheckResult, checkOperations, registerModel } from "./linearizability.js";
+import { type LockResult, runLockWorkload } from "./lock-workload.js";
 import { type FaultKind, injectFault } from "./nemesis.js";
 import { Random } from "./random.js";
 import {
@@ -16,6 +17,8 @@ export interface CampaignOptions {
   readonly faults: readonly FaultKind[];
   readonly clients?: number;
   readonly keys?: number;
+  /** Lock workers running beside the registry workload (default 0). */
+  readonly lockWorkers?: number;
   readonly log?: (line: string) => void;
   /** Environment of the agents (MUSTER_PLANTED_BUG to check that the checkers catch it). */
   readonly env?: Readonly<Record<string, string>>;
@@ -30,6 +33,7 @@ export interface CampaignReport {
   /** A stale read that went back in time on one node, or null. */
   readonly staleViolation: string | null;
   readonly converged: { appliedIndex: number; hash: string };
+  readonly locks: LockResult | null;
 }
 
 /** Linearizable reads of every key through every node once the cluster has recovered. */
@@ -78,6 +82,14 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       signal: stop.signal,
       incarnation: (id) => incarnations.get(id) ?? 0,
     });
+    const lockWorkers = options.lockWorkers ?? 0;
+    const locks =
+      lockWorkers > 0
+        ? runLockWorkload(cluster, new Random(options.seed ^ 0x85ebca6b), {
+            workers: lockWorkers,
+            signal: stop.signal,
+          })
+        : Promise.resolve(null);
     const end = performance.now() + options.durationMs;
     while (performance.now() < end) {
       const kind = nemesisRandom.pick(options.faults);
@@ -91,6 +103,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     }
     stop.abort();
     const { history, staleReads, counts } = await workload;
+    const lockResult = await locks;
     const converged = await cluster.recover();
     history.push(...(await finalReads(cluster, keys)));
     const linearizability = checkOperations(registerModel, history, { timeoutMs: 60_000 });
@@ -102,6 +115,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       linearizability,
       staleViolation: checkStaleMonotonic(staleReads),
       converged,
+      locks: lockResult,
     };
   } finally {
     await cluster.destroy();
