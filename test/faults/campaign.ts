@@ -72,7 +72,6 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
   const nemesisRandom = new Random(options.seed);
   const workloadRandom = new Random(options.seed ^ 0x9e3779b9);
   const cluster = await FaultCluster.start(options.env);
-  const incarnations = new Map<string, number>();
   const faults: Partial<Record<FaultKind, number>> = {};
   try {
     const stop = new AbortController();
@@ -80,7 +79,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       clients: options.clients ?? 6,
       keys,
       signal: stop.signal,
-      incarnation: (id) => incarnations.get(id) ?? 0,
+      incarnation: (id) => cluster.incarnation(id),
     });
     const lockWorkers = options.lockWorkers ?? 0;
     const locks =
@@ -94,9 +93,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     while (performance.now() < end) {
       const kind = nemesisRandom.pick(options.faults);
       const holdMs = nemesisRandom.between(800, 3000);
-      const done = await injectFault(cluster, nemesisRandom, kind, holdMs, (id) =>
-        incarnations.set(id, (incarnations.get(id) ?? 0) + 1),
-      );
+      const done = await injectFault(cluster, nemesisRandom, kind, holdMs);
       log(`${kind}: ${done} (${holdMs} ms)`);
       faults[kind] = (faults[kind] ?? 0) + 1;
       await new Promise((resolve) => setTimeout(resolve, nemesisRandom.between(300, 1500)));

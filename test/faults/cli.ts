@@ -29,16 +29,21 @@ while (Date.now() < end) {
     seed,
     durationMs,
     faults: faultKinds,
+    lockWorkers: 3,
     log: (line) => console.log(`  ${line}`),
   });
   runs += 1;
   for (const [kind, count] of Object.entries(report.faults))
     totals[kind] = (totals[kind] ?? 0) + count;
-  const ok = report.linearizability.result === "ok" && report.staleViolation === null;
+  const ok =
+    report.linearizability.result === "ok" &&
+    report.staleViolation === null &&
+    (report.locks?.violations.length ?? 0) === 0;
   if (!ok) failed += 1;
   console.log(
     `  ${ok ? "ok" : "FAILED"}: ${report.operations} operations, ${JSON.stringify(report.counts)}, ` +
-      `linearizability ${JSON.stringify(report.linearizability)}, stale ${report.staleViolation ?? "monotonic"}`,
+      `linearizability ${JSON.stringify(report.linearizability)}, stale ${report.staleViolation ?? "monotonic"}, ` +
+      `locks ${JSON.stringify(report.locks)}`,
   );
   seed += 1;
 }

@@ -15,6 +15,7 @@ export class FaultCluster {
   private readonly paused = new Set<string>();
   /** How each node started last: a node that rejoined restarts as it joined. */
   private readonly launch = new Map<string, string>();
+  private readonly starts = new Map<string, number>();
 
   private constructor(readonly agents: AgentCluster) {}
 
@@ -38,6 +39,11 @@ export class FaultCluster {
       .map((other) => `${other}=${this.link(id, other).address}`)
       .join(",");
     return [`--raft-dial=${dial}`, ...more];
+  }
+
+  /** How many times the node's process was started: stale reads compare within one. */
+  incarnation(id: string): number {
+    return this.starts.get(id) ?? 0;
   }
 
   link(from: string, to: string): LinkProxy {
@@ -91,6 +97,7 @@ export class FaultCluster {
 
   start(id: string): void {
     if (this.running(id)) return;
+    this.starts.set(id, this.incarnation(id) + 1);
     this.agents.start(id, this.args(id, [this.launch.get(id) ?? this.agents.peersArg(nodeIds)]));
   }
 

@@ -31,15 +31,13 @@ function others(id: string): string[] {
 }
 
 /**
- * Inject one fault, hold it for a while, then undo it; returns what it did. Restarted nodes
- * get a new incarnation (`onRestart`), for the per-node checks of stale reads.
+ * Inject one fault, hold it for a while, then undo it; returns what it did.
  */
 export async function injectFault(
   cluster: FaultCluster,
   random: Random,
   kind: FaultKind,
   holdMs: number,
-  onRestart: (id: string) => void,
 ): Promise<string> {
   const hold = () => new Promise((resolve) => setTimeout(resolve, holdMs));
   const victim = random.pick(nodeIds);
@@ -87,7 +85,6 @@ export async function injectFault(
       await cluster.kill(target);
       await hold();
       cluster.start(target);
-      onRestart(target);
       return `killed ${target}`;
     }
     case "pause":
@@ -98,12 +95,10 @@ export async function injectFault(
     case "restart":
       await cluster.stop(victim);
       cluster.start(victim);
-      onRestart(victim);
       await hold();
       return `restarted ${victim}`;
     case "wipe-rejoin":
       await cluster.wipeAndRejoin(victim);
-      onRestart(victim);
       await hold();
       return `wiped and rejoined ${victim}`;
   }

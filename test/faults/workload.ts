@@ -140,6 +140,8 @@ export async function runRegistryWorkload(
         }
       } else {
         const consistency = roll < 0.7 ? "linearizable" : roll < 0.9 ? "default" : "stale";
+        // The process that answers is the one running when the read is sent.
+        const incarnation = options.incarnation(node);
         const answer = await send(
           address,
           "GET",
@@ -154,7 +156,7 @@ export async function runRegistryWorkload(
         if (consistency === "stale") {
           staleReads.push({
             node,
-            incarnation: options.incarnation(node),
+            incarnation,
             key,
             index: answer.index,
             call,
