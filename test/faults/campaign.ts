@@ -3,12 +3,16 @@ import { type CheckResult, checkOperations, registerModel } from "./linearizabil
 import { type LockResult, runLockWorkload } from "./lock-workload.js";
 import { type FaultKind, injectFault } from "./nemesis.js";
 import { Random } from "./random.js";
+import { runTtlWorkload, type TtlResult, ttlArgs } from "./ttl-workload.js";
 import {
   checkStaleMonotonic,
   observedValue,
   type RegistryOp,
   runRegistryWorkload,
 } from "./workload.js";
+
+/** The longest a fault is held before it is undone. */
+const maxHoldMs = 3000;
 
 export interface CampaignOptions {
   readonly seed: number;
@@ -19,6 +23,8 @@ export interface CampaignOptions {
   readonly keys?: number;
   /** Lock workers running beside the registry workload (default 0). */
   readonly lockWorkers?: number;
+  /** Instances kept alive through the faults by the SDK, beside silent ones (default 0). */
+  readonly liveInstances?: number;
   readonly log?: (line: string) => void;
   /** Environment of the agents (MUSTER_PLANTED_BUG to check that the checkers catch it). */
   readonly env?: Readonly<Record<string, string>>;
@@ -34,6 +40,7 @@ export interface CampaignReport {
   readonly staleViolation: string | null;
   readonly converged: { appliedIndex: number; hash: string };
   readonly locks: LockResult | null;
+  readonly ttl: TtlResult | null;
 }
 
 /** Linearizable reads of every key through every node once the cluster has recovered. */
@@ -71,7 +78,8 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
   const keys = options.keys ?? 4;
   const nemesisRandom = new Random(options.seed);
   const workloadRandom = new Random(options.seed ^ 0x9e3779b9);
-  const cluster = await FaultCluster.start(options.env);
+  const liveInstances = options.liveInstances ?? 0;
+  const cluster = await FaultCluster.start(options.env, liveInstances > 0 ? ttlArgs : []);
   const faults: Partial<Record<FaultKind, number>> = {};
   try {
     const stop = new AbortController();
@@ -89,10 +97,17 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
             signal: stop.signal,
           })
         : Promise.resolve(null);
+    const ttl =
+      liveInstances > 0
+        ? runTtlWorkload(cluster, {
+            live: liveInstances,
+            signal: stop.signal,
+          })
+        : Promise.resolve(null);
     const end = performance.now() + options.durationMs;
     while (performance.now() < end) {
       const kind = nemesisRandom.pick(options.faults);
-      const holdMs = nemesisRandom.between(800, 3000);
+      const holdMs = nemesisRandom.between(800, maxHoldMs);
       const done = await injectFault(cluster, nemesisRandom, kind, holdMs);
       log(`${kind}: ${done} (${holdMs} ms)`);
       faults[kind] = (faults[kind] ?? 0) + 1;
@@ -101,6 +116,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     stop.abort();
     const { history, staleReads, counts } = await workload;
     const lockResult = await locks;
+    const ttlResult = await ttl;
     const converged = await cluster.recover();
     history.push(...(await finalReads(cluster, keys)));
     const linearizability = checkOperations(registerModel, history, { timeoutMs: 60_000 });
@@ -113,6 +129,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       staleViolation: checkStaleMonotonic(staleReads),
       converged,
       locks: lockResult,
+      ttl: ttlResult,
     };
   } finally {
     await cluster.destroy();

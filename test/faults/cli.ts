@@ -30,6 +30,7 @@ while (Date.now() < end) {
     durationMs,
     faults: faultKinds,
     lockWorkers: 3,
+    liveInstances: 5,
     log: (line) => console.log(`  ${line}`),
   });
   runs += 1;
@@ -38,12 +39,13 @@ while (Date.now() < end) {
   const ok =
     report.linearizability.result === "ok" &&
     report.staleViolation === null &&
-    (report.locks?.violations.length ?? 0) === 0;
+    (report.locks?.violations.length ?? 0) === 0 &&
+    (report.ttl?.violations.length ?? 0) === 0;
   if (!ok) failed += 1;
   console.log(
     `  ${ok ? "ok" : "FAILED"}: ${report.operations} operations, ${JSON.stringify(report.counts)}, ` +
       `linearizability ${JSON.stringify(report.linearizability)}, stale ${report.staleViolation ?? "monotonic"}, ` +
-      `locks ${JSON.stringify(report.locks)}`,
+      `locks ${JSON.stringify(report.locks)}, ttl ${JSON.stringify(report.ttl)}`,
   );
   seed += 1;
 }

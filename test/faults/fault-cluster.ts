@@ -19,8 +19,11 @@ export class FaultCluster {
 
   private constructor(readonly agents: AgentCluster) {}
 
-  static async start(env: Readonly<Record<string, string>> = {}): Promise<FaultCluster> {
-    const agents = await AgentCluster.create({ env });
+  static async start(
+    env: Readonly<Record<string, string>> = {},
+    args: readonly string[] = [],
+  ): Promise<FaultCluster> {
+    const agents = await AgentCluster.create({ env, args });
     const cluster = new FaultCluster(agents);
     for (const id of nodeIds) await agents.define(id);
     for (const from of nodeIds)

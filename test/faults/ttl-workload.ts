@@ -1,0 +1,188 @@
+import { type Instance, MusterClient, type Registration } from "../../client-sdk/src/index.js";
+import type { FaultCluster } from "./fault-cluster.js";
+import { nodeIds } from "./fault-cluster.js";
+
+export const ttlMs = 3000;
+/** The agents' settings for this workload (see FaultCluster.start). */
+export const ttlArgs = [
+  "--ttl-checkpoint-interval=1s",
+  "--deregister-after=2s",
+  // Most instances here are silent on purpose: self-preservation would rightly stop evictions.
+  "--self-preservation-min-instances=100000",
+];
+const deregisterAfterMs = 2000;
+/** What a new leader waits before it expires anything: at most TTL / 2. */
+const graceMs = ttlMs / 2;
+/** After the last fault: restarted nodes start and catch up, one more election may happen. */
+const recoveryMs = 8000;
+
+export interface TtlResult {
+  readonly live: number;
+  readonly silent: number;
+  /**
+   * How much later than the no-lag bound (see evictionDeadline) the latest eviction was seen:
+   * a new leader resumes countdowns from its own observations, so one that was restarted or
+   * behind when it took over adds that delay.
+   */
+  readonly latestMs: number;
+  readonly violations: string[];
+}
+
+/**
+ * When a silent instance is gone if every new leader was up to date: critical by the later
+ * of its TTL and each takeover plus the new leader's grace (it resumes the countdowns and
+ * waits before expiring anything), then removed deregisterAfter later by the same rule.
+ */
+function evictionDeadline(registered: number, takeovers: readonly number[]): number {
+  const extend = (deadline: number) =>
+    takeovers.reduce(
+      (due, takeover) => (takeover <= due ? Math.max(due, takeover + graceMs) : due),
+      deadline,
+    );
+  return extend(extend(registered + ttlMs) + deregisterAfterMs);
+}
+
+/** Notes when each silent instance is first seen gone, polling every node in turn. */
+async function pollEvictions(
+  cluster: FaultCluster,
+  registeredAt: ReadonlyMap<string, number>,
+  goneAt: Map<string, number>,
+  signal: AbortSignal,
+): Promise<void> {
+  const poll = async (id: string) => {
+    const response = await fetch(
+      `http://${cluster.agents.get(id).http}/v1/services/ttl-silent?consistency=default`,
+      { signal: AbortSignal.timeout(500) },
+    ).catch(() => null);
+    if (response === null || (response.status !== 200 && response.status !== 404)) return;
+    const body = (await response.json().catch(() => ({}))) as { instances?: { id: string }[] };
+    const present = new Set((body.instances ?? []).map((instance) => instance.id));
+    const seen = performance.now();
+    for (const instance of registeredAt.keys())
+      if (!present.has(instance) && !goneAt.has(instance)) goneAt.set(instance, seen);
+  };
+  while (!signal.aborted) {
+    await Promise.all(nodeIds.filter((id) => cluster.running(id)).map(poll));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** When a leader of a new term was first seen, polled through any node. */
+async function watchTakeovers(cluster: FaultCluster, signal: AbortSignal): Promise<number[]> {
+  const takeovers: number[] = [];
+  let term = 0;
+  // Every node at once, with short limits: a node cut off must not hide a new leader.
+  const poll = async (id: string) => {
+    const response = await fetch(`http://${cluster.agents.get(id).http}/v1/cluster/leader`, {
+      signal: AbortSignal.timeout(500),
+    }).catch(() => null);
+    const body = (await response?.json().catch(() => null)) as
+      | { leader: unknown; term: number }
+      | null
+      | undefined;
+    if (body !== null && body !== undefined && body.leader !== null && body.term > term) {
+      term = body.term;
+      takeovers.push(performance.now());
+    }
+  };
+  while (!signal.aborted) {
+    await Promise.all(nodeIds.filter((id) => cluster.running(id)).map(poll));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return takeovers;
+}
+
+/**
+ * Live instances kept up by the SDK's heartbeats through every fault must never be seen
+ * critical nor evicted. Silent ones must never go before their TTL and deregisterAfter, and
+ * all must be gone one TTL round after the faults end; how late each went beyond the no-lag
+ * bound is reported.
+ */
+export async function runTtlWorkload(
+  cluster: FaultCluster,
+  options: { live: number; signal: AbortSignal },
+): Promise<TtlResult> {
+  const violations: string[] = [];
+  const client = new MusterClient({
+    endpoints: nodeIds.map((id) => cluster.agents.get(id).http),
+    timeoutMs: 1000,
+  });
+  const registrations: Registration[] = [];
+  // Short blocking reads: a view parked on a cut-off node must not miss an eviction for long.
+  const liveView = client.discover("ttl-live", { healthy: false, wait: "1s" });
+  const registeredAt = new Map<string, number>();
+  const goneAt = new Map<string, number>();
+  liveView.on("change", (instances: readonly Instance[]) => {
+    for (const instance of instances)
+      if (instance.status === "critical") violations.push(`live ${instance.id} was seen critical`);
+  });
+  const stopWatching = new AbortController();
+  const takeovers = watchTakeovers(cluster, stopWatching.signal);
+  const polling = pollEvictions(cluster, registeredAt, goneAt, stopWatching.signal);
+  try {
+    for (let i = 0; i < options.live; i++) {
+      const registration = await client.register({
+        service: "ttl-live",
+        id: `live-${i}`,
+        address: "127.0.0.1",
+        port: 10_000 + i,
+        ttl: `${ttlMs}ms`,
+        handleSignals: false,
+        drainDelay: 0,
+      });
+      registration.on("registered", (instance: Instance) =>
+        // Registering again means the registry had forgotten a live instance.
+        violations.push(`live ${instance.id} was evicted and registered again`),
+      );
+      registrations.push(registration);
+    }
+    let silent = 0;
+    while (!options.signal.aborted) {
+      const id = `silent-${silent++}`;
+      const sent = performance.now();
+      const answer = await client
+        .call("PUT", `/v1/services/ttl-silent/instances/${id}`, {
+          address: "127.0.0.1",
+          port: 1,
+          ttl: `${ttlMs}ms`,
+        })
+        .catch(() => null);
+      if (answer !== null) registeredAt.set(id, sent);
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    }
+    // The faults are over: every silent instance must now go within one more round.
+    const faultsEnded = performance.now();
+    const settled = faultsEnded + ttlMs + graceMs + deregisterAfterMs + recoveryMs;
+    while (performance.now() < settled && goneAt.size < registeredAt.size)
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    stopWatching.abort();
+    const elected = await takeovers;
+    await polling;
+    let latestMs = 0;
+    for (const [id, at] of registeredAt) {
+      const gone = goneAt.get(id);
+      if (gone === undefined) {
+        violations.push(
+          `silent ${id} still registered ${Math.round(performance.now() - faultsEnded)} ms after the faults ended`,
+        );
+        continue;
+      }
+      // Never early: an eviction is observed after it happened, a registration sent before.
+      if (gone - at < ttlMs + deregisterAfterMs)
+        violations.push(
+          `silent ${id} evicted ${Math.round(gone - at)} ms after registration, before its TTL and deregisterAfter`,
+        );
+      latestMs = Math.max(latestMs, gone - evictionDeadline(at, elected));
+    }
+    return {
+      live: options.live,
+      silent: registeredAt.size,
+      latestMs: Math.round(latestMs),
+      violations,
+    };
+  } finally {
+    stopWatching.abort();
+    for (const registration of registrations) await registration.close();
+    await client.close();
+  }
+}
