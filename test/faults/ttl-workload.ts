@@ -42,14 +42,18 @@ function evictionDeadline(registered: number, takeovers: readonly number[]): num
   return extend(extend(registered + ttlMs) + deregisterAfterMs);
 }
 
-/** Notes when each silent instance is first seen gone, polling every node in turn. */
+/**
+ * Notes when each silent instance is first seen gone, polling every node at once. Only a
+ * read sent after its registration was acknowledged can say it is gone.
+ */
 async function pollEvictions(
   cluster: FaultCluster,
-  registeredAt: ReadonlyMap<string, number>,
+  acknowledgedAt: ReadonlyMap<string, number>,
   goneAt: Map<string, number>,
   signal: AbortSignal,
 ): Promise<void> {
   const poll = async (id: string) => {
+    const sent = performance.now();
     const response = await fetch(
       `http://${cluster.agents.get(id).http}/v1/services/ttl-silent?consistency=default`,
       { signal: AbortSignal.timeout(500) },
@@ -58,8 +62,9 @@ async function pollEvictions(
     const body = (await response.json().catch(() => ({}))) as { instances?: { id: string }[] };
     const present = new Set((body.instances ?? []).map((instance) => instance.id));
     const seen = performance.now();
-    for (const instance of registeredAt.keys())
-      if (!present.has(instance) && !goneAt.has(instance)) goneAt.set(instance, seen);
+    for (const [instance, acknowledged] of acknowledgedAt)
+      if (acknowledged < sent && !present.has(instance) && !goneAt.has(instance))
+        goneAt.set(instance, seen);
   };
   while (!signal.aborted) {
     await Promise.all(nodeIds.filter((id) => cluster.running(id)).map(poll));
@@ -111,6 +116,7 @@ export async function runTtlWorkload(
   // Short blocking reads: a view parked on a cut-off node must not miss an eviction for long.
   const liveView = client.discover("ttl-live", { healthy: false, wait: "1s" });
   const registeredAt = new Map<string, number>();
+  const acknowledgedAt = new Map<string, number>();
   const goneAt = new Map<string, number>();
   liveView.on("change", (instances: readonly Instance[]) => {
     for (const instance of instances)
@@ -118,7 +124,7 @@ export async function runTtlWorkload(
   });
   const stopWatching = new AbortController();
   const takeovers = watchTakeovers(cluster, stopWatching.signal);
-  const polling = pollEvictions(cluster, registeredAt, goneAt, stopWatching.signal);
+  const polling = pollEvictions(cluster, acknowledgedAt, goneAt, stopWatching.signal);
   try {
     for (let i = 0; i < options.live; i++) {
       const registration = await client.register({
@@ -147,7 +153,10 @@ export async function runTtlWorkload(
           ttl: `${ttlMs}ms`,
         })
         .catch(() => null);
-      if (answer !== null) registeredAt.set(id, sent);
+      if (answer !== null) {
+        registeredAt.set(id, sent);
+        acknowledgedAt.set(id, performance.now());
+      }
       await new Promise((resolve) => setTimeout(resolve, 1500));
     }
     // The faults are over: every silent instance must now go within one more round.
