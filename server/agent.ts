@@ -184,6 +184,12 @@ export class Agent {
       maxQueuedFrames: 8192,
       snapshotChunkBytes: 1024 * 1024,
       maxSnapshotBytes: 1024 * 1024 * 1024,
+      isMember: (node) => {
+        // Frames can arrive before the Raft node has started.
+        if (this.node === undefined) return false;
+        const { voters, learners } = this.node.status().config;
+        return voters.includes(node) || learners.includes(node);
+      },
     });
     const electionTicks = Math.max(
       2,

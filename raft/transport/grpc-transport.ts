@@ -31,6 +31,12 @@ export interface GrpcTransportOptions {
   readonly snapshotChunkBytes: number;
   /** A snapshot larger than this is refused on receipt. */
   readonly maxSnapshotBytes: number;
+  /**
+   * Whether a node that is not among `peers` is a member all the same (say, one in the
+   * Raft configuration whose address is not known yet). Messages from anyone else are
+   * dropped: a node outside the membership must never move a term or a leadership.
+   */
+  readonly isMember?: (node: NodeId) => boolean;
 }
 
 /** Why messages were dropped, for metrics and tests. */
@@ -41,6 +47,7 @@ export interface TransportCounters {
   droppedOtherCluster: number;
   droppedUndecodable: number;
   droppedMisaddressed: number;
+  droppedStranger: number;
   reconnects: number;
 }
 
@@ -57,6 +64,7 @@ export class GrpcTransport implements RaftTransport {
     droppedOtherCluster: 0,
     droppedUndecodable: 0,
     droppedMisaddressed: 0,
+    droppedStranger: 0,
     reconnects: 0,
   };
   private handler: (message: Message) => void = () => {};
@@ -198,6 +206,10 @@ export class GrpcTransport implements RaftTransport {
   private deliver(message: Message): void {
     if (message.to !== this.options.id) {
       this.counters.droppedMisaddressed++;
+      return;
+    }
+    if (!this.senders.has(message.from) && this.options.isMember?.(message.from) !== true) {
+      this.counters.droppedStranger++;
       return;
     }
     this.counters.received++;

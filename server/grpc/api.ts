@@ -1,9 +1,11 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import { parseDuration } from "../config.js";
+import { labelPattern } from "../http/schemas.js";
 
 /**
  * The gRPC API. Every call goes through the HTTP API in process (fastify's inject), so both
@@ -42,15 +44,48 @@ const statusOf: Record<number, grpc.status> = {
   404: grpc.status.NOT_FOUND,
   409: grpc.status.FAILED_PRECONDITION,
   413: grpc.status.RESOURCE_EXHAUSTED,
+  414: grpc.status.INVALID_ARGUMENT,
   429: grpc.status.RESOURCE_EXHAUSTED,
   503: grpc.status.UNAVAILABLE,
 };
 
+const maxStatusDetails = 1024;
+
+/**
+ * Status details travel in a header: one that echoes a huge request field (the health
+ * service names the service it does not know) would stall the connection.
+ */
+const boundedStatusDetails: grpc.ServerInterceptor = (_method, call) =>
+  new grpc.ServerInterceptingCall(call, {
+    sendStatus: (status, next) =>
+      next(
+        status.details !== undefined && status.details.length > maxStatusDetails
+          ? { ...status, details: `${status.details.slice(0, maxStatusDetails)}...` }
+          : status,
+      ),
+  });
+
 /** An HTTP error answer as a gRPC status, with the field (or leader) in metadata. */
 function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusObject> {
-  const error = (answer.body.error ?? {}) as { code?: string; message?: string; field?: string };
+  const raw = answer.body.error;
   const metadata = new grpc.Metadata();
-  if (error.field !== undefined) metadata.set("field", error.field);
+  if (typeof raw !== "object" || raw === null) {
+    // Not one of the API's errors: the router found no route, or refused the path itself,
+    // because a name in the request was empty, a dot segment or far too long.
+    metadata.set("muster-code", "MUSTER_ERR_BAD_REQUEST");
+    return {
+      code: grpc.status.INVALID_ARGUMENT,
+      details: "a name in the request is empty, a dot segment or too long",
+      metadata,
+    };
+  }
+  const error = raw as { code?: string; message?: string; field?: string };
+  // Metadata values are printable ASCII; a field named after a key of the request may not be.
+  if (error.field !== undefined)
+    metadata.set(
+      "field",
+      /^[\x20-\x7e]*$/.test(error.field) ? error.field : encodeURIComponent(error.field),
+    );
   if (error.code !== undefined) metadata.set("muster-code", error.code);
   const leader = backend.leaderGrpc();
   if (answer.status === 503 && leader !== null) metadata.set("leader", leader);
@@ -129,6 +164,7 @@ export class GrpcApi {
     const server = new grpc.Server({
       "grpc.max_receive_message_length": 4 * 1024 * 1024,
       "grpc.max_send_message_length": 64 * 1024 * 1024,
+      interceptors: [boundedStatusDetails],
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, bound) =>
@@ -245,9 +281,23 @@ export class GrpcApi {
       cancelled = true;
     });
     const filters = { healthy: request.healthy, tag: request.tags };
+    if (!new RegExp(labelPattern).test(String(request.service ?? ""))) {
+      const metadata = new grpc.Metadata();
+      metadata.set("field", "service");
+      metadata.set("muster-code", "MUSTER_ERR_BAD_REQUEST");
+      call.destroy(
+        Object.assign(new Error("service must be a DNS label"), {
+          code: grpc.status.INVALID_ARGUMENT,
+          details: "service must be a DNS label",
+          metadata,
+        }),
+      );
+      return;
+    }
     while (!cancelled) {
       const blocking = first ? {} : { index, wait: `${watchRoundMs}ms` };
       first = false;
+      const asked = performance.now();
       const answer = await this.backend.http({
         method: "GET",
         url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
@@ -262,6 +312,8 @@ export class GrpcApi {
         return;
       }
       const changed = Number(answer.headers["x-muster-index"] ?? 0);
+      // A blocking read that came back at once with nothing new must not become a busy loop.
+      if (changed <= index && index > 0 && performance.now() - asked < 100) await sleep(1000);
       if (changed > index || (index === 0 && changed === 0)) {
         index = changed;
         const instances = answer.status === 200 ? answer.body.instances : [];
@@ -273,6 +325,11 @@ export class GrpcApi {
   /** Heartbeats and session renewals over one stream, answered in order. */
   private keepAlive(call: grpc.ServerDuplexStream<Fields, Fields>): void {
     let chain: Promise<void> = Promise.resolve();
+    // Once the call failed (say, a message that does not decode), nothing more is written.
+    let failed = false;
+    const send = (message: Fields) => {
+      if (!failed && call.writable) call.write(message);
+    };
     call.on("data", (message: Fields) => {
       chain = chain.then(async () => {
         const heartbeat = message.heartbeat as Fields | undefined;
@@ -288,16 +345,16 @@ export class GrpcApi {
               ? { method: "PUT", url: `/v1/sessions/${segment(session)}/renew` }
               : null;
         if (http === null) {
-          call.write({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
+          send({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
           return;
         }
         const answer = await this.backend.http(http).catch(() => null);
         if (answer?.status === 200) {
-          call.write({ ok: true, status: String(answer.body.status ?? "") });
+          send({ ok: true, status: String(answer.body.status ?? "") });
           return;
         }
         const error = answer === null ? null : toError(answer, this.backend);
-        call.write({
+        send({
           ok: false,
           code: grpc.status[error?.code ?? grpc.status.UNAVAILABLE],
           message: error?.details ?? "no answer",
@@ -305,9 +362,13 @@ export class GrpcApi {
       });
     });
     call.on("end", () => {
-      void chain.then(() => call.end());
+      void chain.then(() => {
+        if (!failed) call.end();
+      });
     });
-    call.on("error", () => undefined);
+    call.on("error", () => {
+      failed = true;
+    });
   }
 
   private sessions(): grpc.UntypedServiceImplementation {

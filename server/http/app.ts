@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import swagger from "@fastify/swagger";
 import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import { Ajv } from "ajv";
@@ -16,7 +17,20 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
     bodyLimit: 64 * 1024,
     // Longer than any valid parameter, so that the schema, not the router, refuses it.
     routerOptions: { maxParamLength: 1024 },
+    // Errors raised before any handler runs get the API's error shape too.
+    frameworkErrors: (error, _request, reply) =>
+      sendError(reply, new MusterError("MUSTER_ERR_BAD_REQUEST", error.message.slice(0, 200))),
+    clientErrorHandler: answerBrokenRequest,
   }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setNotFoundHandler((request, reply) =>
+    sendError(
+      reply,
+      new MusterError(
+        "MUSTER_ERR_NOT_FOUND",
+        `no route ${request.method} ${request.url.slice(0, 200)}`,
+      ),
+    ),
+  );
 
   // Bodies are JSON: a wrong type is an error, never converted. Query strings and path
   // parameters are text: numbers and booleans are read from it, a single ?tag= is a list.
@@ -100,7 +114,11 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
     cluster.delete(
       "/v1/cluster/members/:id",
       {
-        schema: { params: Type.Object({ id: Type.String({ pattern: "^[A-Za-z0-9._-]{1,64}$" }) }) },
+        schema: {
+          params: Type.Object({
+            id: Type.String({ pattern: "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$" }),
+          }),
+        },
       },
       async (request, reply) =>
         agent.forwardUnlessLeader(request, reply, () => agent.removeMember(request.params.id)),
@@ -134,6 +152,23 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
   });
 
   return app;
+}
+
+/** A request HTTP itself could not parse: answered on the socket, in the API's error shape. */
+function answerBrokenRequest(error: Error & { code?: string }, socket: Socket): void {
+  if (!socket.writable) return;
+  const tooLarge = error.code === "HPE_HEADER_OVERFLOW";
+  const body = JSON.stringify({
+    error: {
+      code: "MUSTER_ERR_BAD_REQUEST",
+      message: tooLarge ? "request headers are too large" : "malformed HTTP request",
+    },
+  });
+  socket.end(
+    `HTTP/1.1 ${tooLarge ? "431 Request Header Fields Too Large" : "400 Bad Request"}\r\n` +
+      `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      `Connection: close\r\n\r\n${body}`,
+  );
 }
 
 function sendError(reply: FastifyReply, error: MusterError): FastifyReply {

@@ -16,7 +16,8 @@ const maxWaitMs = 5 * 60_000;
 const answerMarginMs = 5000;
 
 const SessionId = Type.String({ pattern: sessionIdPattern });
-const LockName = Type.String({ pattern: "^[A-Za-z0-9._/-]{1,128}$" });
+/** Slash-separated, without "." or ".." segments: a URL would resolve them. */
+const LockName = Type.String({ pattern: "^(?!(.*/)?\\.{1,2}(/|$))[A-Za-z0-9._/-]{1,128}$" });
 const SessionParams = Type.Object({ id: SessionId });
 const NameParams = Type.Object({ name: LockName });
 const Value = Type.String({ maxLength: 1024 });

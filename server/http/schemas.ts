@@ -2,7 +2,8 @@ import { Type } from "@fastify/type-provider-typebox";
 
 /** DNS label: services and tags appear in DNS names. */
 export const labelPattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
-const idPattern = "^[A-Za-z0-9._-]{1,128}$";
+/** Not "." nor "..": a URL would read them as path segments. */
+const idPattern = "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,128}$";
 export const sessionIdPattern = "^[0-9a-f-]{36}$";
 const metaKeyPattern = "^[A-Za-z0-9._/-]{1,128}$";
 const durationPattern = "^\\d{1,9}(ms|s|m|h)$";
@@ -85,7 +86,7 @@ export const WatchQuery = Type.Object(
 
 export const MemberBody = Type.Object(
   {
-    id: Type.String({ pattern: "^[A-Za-z0-9._-]{1,64}$" }),
+    id: Type.String({ pattern: "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,64}$" }),
     raft: Type.String({ minLength: 3, maxLength: 260 }),
     http: Type.String({ minLength: 3, maxLength: 260 }),
     grpc: Type.String({ minLength: 3, maxLength: 260 }),

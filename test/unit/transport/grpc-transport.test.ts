@@ -24,6 +24,8 @@ async function transport(
     maxQueuedFrames: 1000,
     snapshotChunkBytes: 64 * 1024,
     maxSnapshotBytes: 64 * 1024 * 1024,
+    // Every node of these tests is a member unless a test says otherwise.
+    isMember: () => true,
     ...overrides,
   });
   started.push(created);
@@ -37,6 +39,21 @@ function heartbeat(from: string, to: string, context: number): Message {
 }
 
 describe("gRPC peer transport", () => {
+  it("drops messages from a node outside the membership, and counts them", async () => {
+    const intruder = await transport("intruder");
+    const b = await transport("n2", { isMember: (node) => node === "n1" });
+    intruder.transport.setPeer("n2", `127.0.0.1:${b.transport.port}`);
+    const a = await transport("n1");
+    a.transport.setPeer("n2", `127.0.0.1:${b.transport.port}`);
+    intruder.transport.send(heartbeat("intruder", "n2", 1));
+    a.transport.send(heartbeat("n1", "n2", 2));
+    await waitFor("the member's message", () => (b.inbox.length === 1 ? true : undefined));
+    await waitFor("the stranger's message to be dropped", () =>
+      b.transport.counters.droppedStranger === 1 ? true : undefined,
+    );
+    expect(b.inbox.map((message) => message.from)).toEqual(["n1"]);
+  });
+
   it("delivers messages between peers in the order they were sent", async () => {
     const a = await transport("n1");
     const b = await transport("n2");
