@@ -192,9 +192,12 @@ export class AgentCluster {
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   }
 
-  /** The leader every running agent agrees on. */
-  /** Agents start slowly on a loaded 2-core machine (each compiles its TypeScript): 30 s. */
-  async leader(timeoutMs = 30_000): Promise<string> {
+  /**
+   * The leader every running agent agrees on. Agents start slowly on a loaded 2-core machine
+   * (each compiles its TypeScript, and other test files run clusters beside them): up to a
+   * minute.
+   */
+  async leader(timeoutMs = 60_000): Promise<string> {
     return eventually(
       "every running agent to agree on a leader",
       async () => {
@@ -213,7 +216,7 @@ export class AgentCluster {
   }
 
   /** Every running agent reports the same state hash at the same applied index. */
-  async converged(timeoutMs = 30_000): Promise<{ appliedIndex: number; hash: string }> {
+  async converged(timeoutMs = 60_000): Promise<{ appliedIndex: number; hash: string }> {
     return eventually(
       "every running agent to reach the same state",
       async () => {
