@@ -50,6 +50,7 @@ const statusOf: Record<number, grpc.status> = {
 };
 
 const maxStatusDetails = 1024;
+const serviceName = new RegExp(labelPattern);
 
 /**
  * Status details travel in a header: one that echoes a huge request field (the health
@@ -281,7 +282,7 @@ export class GrpcApi {
       cancelled = true;
     });
     const filters = { healthy: request.healthy, tag: request.tags };
-    if (!new RegExp(labelPattern).test(String(request.service ?? ""))) {
+    if (!serviceName.test(String(request.service ?? ""))) {
       const metadata = new grpc.Metadata();
       metadata.set("field", "service");
       metadata.set("muster-code", "MUSTER_ERR_BAD_REQUEST");

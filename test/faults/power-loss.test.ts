@@ -8,7 +8,7 @@ import { RaftNode } from "../../raft/node.js";
 import { LevelStorage } from "../../raft/storage/level-storage.js";
 import type { PersistBatch, RaftStorage } from "../../raft/storage/storage.js";
 import { MemoryNetwork } from "../../raft/transport/memory-transport.js";
-import { ListMachine, waitFor } from "../unit/runtime/memory-cluster.js";
+import { fastRaft, ListMachine, waitFor } from "../unit/runtime/memory-cluster.js";
 import { Random } from "./random.js";
 
 /**
@@ -80,17 +80,7 @@ async function startCluster(lying: boolean) {
     );
     const machine = new ListMachine();
     const node = await RaftNode.start({
-      raft: {
-        id,
-        electionTicks: 10,
-        heartbeatTicks: 1,
-        maxEntriesPerAppend: 256,
-        maxAppendBytes: 1024 * 1024,
-        maxInflightAppends: 16,
-        maxUncommittedEntries: 4096,
-        preVote: true,
-        checkQuorum: true,
-      },
+      raft: fastRaft(id),
       tickIntervalMs: 5,
       snapshotEveryEntries: 200,
       storage,

@@ -44,12 +44,11 @@ import {
  *    namespace) and random sessions. The verdict of the server must be the verdict of the
  *    documented schema, and the registry must afterwards hold exactly the accepted writes.
  *
- * The last two tests assert known bugs (they fail while the bugs stand): instance ids "."
- * and ".." answered differently by the leader and by followers (the forward resolves dot
- * segments), and errors raised before the handlers (unmatched routes, undecodable
+ * The last two tests assert two bugs this fuzz found: instance ids "." and ".." answered
+ * differently by the leader and by followers (the forward resolved dot segments; such ids are
+ * refused now), and errors raised before the handlers (unmatched routes, undecodable
  * percent-encoding, over-long path parameters, HTTP parse errors) answered in fastify's or
- * Node's own shapes instead of `{error: {code, message}}`. The random phases set those
- * answers aside for the last test instead of failing on each.
+ * Node's own shapes instead of `{error: {code, message}}`.
  *
  * Rerun a failure with MUSTER_FUZZ_SEED=<seed> (printed at the start).
  */

@@ -28,6 +28,21 @@ export interface MemoryMember {
   readonly storage: MemoryStorage;
 }
 
+/** Raft settings for nodes in one process that tick every 5 ms. */
+export function fastRaft(id: NodeId) {
+  return {
+    id,
+    electionTicks: 10,
+    heartbeatTicks: 1,
+    maxEntriesPerAppend: 256,
+    maxAppendBytes: 1024 * 1024,
+    maxInflightAppends: 16,
+    maxUncommittedEntries: 4096,
+    preVote: true,
+    checkQuorum: true,
+  };
+}
+
 /** Three RaftNodes in one process over an in-memory network, with fast ticks. */
 export async function startMemoryCluster(ids: readonly NodeId[] = ["n1", "n2", "n3"]) {
   const network = new MemoryNetwork();
@@ -37,17 +52,7 @@ export async function startMemoryCluster(ids: readonly NodeId[] = ["n1", "n2", "
     const machine = new ListMachine();
     const storage = new MemoryStorage(bootstrapState(ids));
     const node = await RaftNode.start({
-      raft: {
-        id,
-        electionTicks: 10,
-        heartbeatTicks: 1,
-        maxEntriesPerAppend: 256,
-        maxAppendBytes: 1024 * 1024,
-        maxInflightAppends: 16,
-        maxUncommittedEntries: 4096,
-        preVote: true,
-        checkQuorum: true,
-      },
+      raft: fastRaft(id),
       tickIntervalMs: 5,
       snapshotEveryEntries: 50,
       storage,
