@@ -28,19 +28,22 @@ export interface AgentProcess {
   process: ChildProcess | null;
 }
 
+/**
+ * A free port below the kernel's ephemeral range: ports handed out for port 0 (proxies and
+ * servers of other test files) and for outgoing connections cannot take it between this
+ * check and the agent's bind.
+ */
 async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === "object" && address !== null
-          ? resolve(address.port)
-          : reject(new Error("no port")),
-      );
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const server = createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
+  throw new Error("no free port between 20000 and 32000");
 }
 
 export async function sleep(ms: number): Promise<void> {
