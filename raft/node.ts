@@ -67,9 +67,6 @@ interface PendingRead extends Pending {
   index: number | null;
 }
 
-/** Ticks of the election timeout given up to clock drift between nodes. */
-const leaseDriftMarginTicks = 2;
-
 function overwritten(): RaftError {
   return new RaftError("not-leader", "leadership changed before the entry committed");
 }
@@ -92,6 +89,8 @@ export class RaftNode<Result> {
   private stopped = false;
   /** performance.now() of the last message from the leader we follow. */
   private leaderContactAt: number | null = null;
+  /** performance.now() that the core's clock has reached, in whole ticks. */
+  private tickedUpTo = performance.now();
 
   private constructor(options: RaftNodeOptions<Result>, core: Raft, snapshotIndex: number) {
     this.options = options;
@@ -143,29 +142,13 @@ export class RaftNode<Result> {
   }
 
   /**
-   * Leader lease: a quorum acknowledged us within the election timeout less a margin for
-   * clock drift. With CheckQuorum and leader stickiness no other leader can exist meanwhile.
-   */
-  private holdsLease(): boolean {
-    const status = this.core.status();
-    if (status.role !== "leader" || this.core.termAt(status.commit) !== status.term) return false;
-    const limit = this.options.raft.electionTicks - leaseDriftMarginTicks;
-    const fresh = this.core
-      .replicationStatus()
-      .filter(
-        (peer) =>
-          status.config.voters.includes(peer.id) &&
-          (peer.id === status.id || peer.ticksSinceHeard < limit),
-      ).length;
-    return fresh > status.config.voters.length / 2;
-  }
-
-  /**
    * A read barrier bounded by the leader lease: while the lease holds the leader answers
    * from its own state without a round trip; otherwise it is a ReadIndex.
    */
   leaseRead(timeoutMs: number): Promise<number> {
-    if (!this.holdsLease()) return this.readIndex(timeoutMs);
+    // A timer that has not fired yet after a pause must not leave the lease looking fresh.
+    this.catchUpTicks();
+    if (this.stopped || !this.core.hasLease()) return this.readIndex(timeoutMs);
     const commit = this.core.status().commit;
     if (this.applied >= commit) return Promise.resolve(commit);
     return this.readIndex(timeoutMs);
@@ -251,9 +234,22 @@ export class RaftNode<Result> {
 
   private tick(): void {
     if (this.stopped) return;
-    this.guarded(() => this.core.tick());
+    this.catchUpTicks();
     this.expire(this.proposals);
     this.expire(this.reads);
+  }
+
+  /** Tick the core once per interval elapsed, however late the timer fired. */
+  private catchUpTicks(): void {
+    const interval = this.options.tickIntervalMs;
+    const due = Math.floor((performance.now() - this.tickedUpTo) / interval);
+    if (due <= 0) return;
+    this.tickedUpTo += due * interval;
+    // After a pause (SIGSTOP, a long GC) two election timeouts run out every lease and timer.
+    const ticks = Math.min(due, 2 * this.options.raft.electionTicks);
+    this.guarded(() => {
+      for (let tick = 0; tick < ticks; tick++) this.core.tick();
+    });
   }
 
   private expire(pending: Map<number, Pending>): void {

@@ -23,6 +23,9 @@ import type {
 } from "./types.js";
 
 /** A read waiting for a quorum to confirm that this node is still leader. */
+/** Ticks of the election timeout a lease gives up: one for tick granularity, one for clock drift. */
+const leaseMarginTicks = 2;
+
 interface PendingRead {
   readonly requestId: number;
   readonly index: number;
@@ -86,6 +89,14 @@ export class Raft {
   private snapshotElapsed = new Map<NodeId, number>();
   /** Appends to send at the next ready(): "entries" only to peers that lack some, "with-empty" to all. */
   private broadcastPending: "entries" | "with-empty" | null = null;
+  /** Ticks since this core started: the clock that leases are measured in. */
+  private clock = 0;
+  /** Context of every heartbeat broadcast within the last election timeout, and its tick. */
+  private heartbeatsSent: { readonly context: number; readonly at: number }[] = [];
+  /** A leadership transfer was started: voters may now elect another leader despite any lease. */
+  private leaseForfeited = false;
+  /** Started from a term some leader may have held: honour its lease as if just heard from. */
+  private readonly restarted: boolean;
   private readContext = 0;
   private pendingReads: PendingRead[] = [];
   private readsAwaitingTermCommit: { requestId: number; origin: NodeId }[] = [];
@@ -113,6 +124,8 @@ export class Raft {
     const snapshot = persisted.snapshot ?? emptySnapshot;
     this.log = new RaftLog(snapshot, persisted.entries, persisted.hardState.commit);
     this.term = persisted.hardState.term;
+    // No leader ever holds the bootstrap term (1) or the joining one (0).
+    this.restarted = this.term > 1;
     this.vote = persisted.hardState.vote;
     assert(this.term >= this.log.lastTerm(), "hard state term behind the log");
     this.config = snapshot.config;
@@ -127,6 +140,7 @@ export class Raft {
 
   /** Advance logical time by one tick. */
   tick(): void {
+    this.clock++;
     this.electionElapsed++;
     if (this.role === "leader") {
       this.tickLeader();
@@ -200,11 +214,12 @@ export class Raft {
   /** Whether a message of a higher term moves us to it (false: ignore the message). */
   private acceptHigherTerm(message: Message): boolean {
     if (message.type === "vote" || message.type === "prevote") {
-      // Leader stickiness: while we hear from a leader, nobody else may start a term.
+      // Leader stickiness: while we hear from a leader, nobody else may start a term. A node
+      // restarted in a term may have heard from one just before it stopped: it waits as long.
       const inLease =
         this.options.checkQuorum &&
-        this.leader !== null &&
-        this.electionElapsed < this.options.electionTicks;
+        ((this.leader !== null && this.electionElapsed < this.options.electionTicks) ||
+          (this.restarted && this.clock < this.options.electionTicks));
       if (inLease && !message.transfer) return false;
     }
     if (message.type === "prevote") return true;
@@ -448,15 +463,27 @@ export class Raft {
       this.answerRead(origin, requestId, this.log.commit);
       return;
     }
-    this.readContext++;
-    this.pendingReads.push({
-      requestId,
-      index: this.log.commit,
-      origin,
-      context: this.readContext,
-      acks: new Set([this.id]),
-    });
-    this.broadcastHeartbeat();
+    const index = this.log.commit;
+    const context = this.broadcastHeartbeat();
+    this.pendingReads.push({ requestId, index, origin, context, acks: new Set([this.id]) });
+  }
+
+  /**
+   * Whether this leader may answer reads from its own state: a quorum of voters answered
+   * heartbeats sent less than an election timeout (less a margin) ago, so none of them will
+   * vote for another leader yet. Leases count from when a heartbeat was sent, not answered,
+   * so that a delayed answer or a pause of this process cannot stretch one.
+   */
+  hasLease(): boolean {
+    // Without CheckQuorum followers do not refuse votes while they hear from a leader.
+    if (!this.options.checkQuorum || this.role !== "leader" || this.leaseForfeited) return false;
+    if (this.log.term(this.log.commit) !== this.term) return false;
+    const oldest = this.clock - (this.options.electionTicks - leaseMarginTicks);
+    let fresh = 0;
+    for (const voter of this.config.voters) {
+      if (voter === this.id || (this.progress.get(voter)?.leaseSentAt ?? -1) > oldest) fresh++;
+    }
+    return fresh >= majority(this.config.voters.length);
   }
 
   private answerRead(origin: NodeId, requestId: number, index: number | null): void {
@@ -482,7 +509,7 @@ export class Raft {
     this.transferTarget = target;
     this.electionElapsed = 0;
     if (progress.match === this.log.lastIndex()) {
-      this.send({ from: this.id, to: target, term: this.term, type: "timeout-now" });
+      this.sendTimeoutNow(target);
     } else {
       this.sendAppend(target, true);
     }
@@ -649,6 +676,8 @@ export class Raft {
     this.randomizedElectionTicks =
       this.options.electionTicks + this.options.randomInt(this.options.electionTicks);
     this.transferTarget = null;
+    this.leaseForfeited = false;
+    this.heartbeatsSent = [];
     this.votes = new Map();
     this.progress = new Map();
     this.snapshotElapsed = new Map();
@@ -826,14 +855,23 @@ export class Raft {
       }
     }
     if (message.from === this.transferTarget && progress.match === this.log.lastIndex()) {
-      this.send({ from: this.id, to: message.from, term: this.term, type: "timeout-now" });
+      this.sendTimeoutNow(message.from);
     }
+  }
+
+  private sendTimeoutNow(to: NodeId): void {
+    this.leaseForfeited = true;
+    this.send({ from: this.id, to, term: this.term, type: "timeout-now" });
   }
 
   private handleHeartbeatResponse(message: Extract<Message, { type: "heartbeat-response" }>): void {
     const progress = this.progress.get(message.from);
     if (progress === undefined) return;
     progress.heardFrom();
+    const sent = this.heartbeatsSent.find((heartbeat) => heartbeat.context === message.context);
+    const leaseFrom = this.options.plantedBug === "lease-from-answer" ? this.clock : sent?.at;
+    if (leaseFrom !== undefined && leaseFrom > progress.leaseSentAt)
+      progress.leaseSentAt = leaseFrom;
     if (progress.match < this.log.lastIndex()) this.sendAppend(message.from, true);
     this.acknowledgeReads(message.from, message.context);
   }
@@ -907,7 +945,12 @@ export class Raft {
       withEmpty || this.broadcastPending === "with-empty" ? "with-empty" : "entries";
   }
 
-  private broadcastHeartbeat(): void {
+  /** Returns the heartbeat's context: an answer carrying it or a later one confirms reads. */
+  private broadcastHeartbeat(): number {
+    const context = ++this.readContext;
+    const expired = this.clock - this.options.electionTicks;
+    while ((this.heartbeatsSent[0]?.at ?? this.clock) < expired) this.heartbeatsSent.shift();
+    this.heartbeatsSent.push({ context, at: this.clock });
     for (const [peer, progress] of this.progress) {
       if (peer === this.id) continue;
       this.send({
@@ -916,9 +959,10 @@ export class Raft {
         term: this.term,
         type: "heartbeat",
         commit: Math.min(progress.match, this.log.commit),
-        context: this.readContext,
+        context,
       });
     }
+    return context;
   }
 
   /** Section 5.4.2: commit only by counting replicas of an entry of the current term. */
@@ -993,8 +1037,7 @@ export class Raft {
     const successor = [...this.progress].find(
       ([peer, progress]) => isVoter(this.config, peer) && progress.match === this.log.lastIndex(),
     )?.[0];
-    if (successor !== undefined)
-      this.send({ from: this.id, to: successor, term: this.term, type: "timeout-now" });
+    if (successor !== undefined) this.sendTimeoutNow(successor);
     this.becomeFollower(this.term, null);
   }
 

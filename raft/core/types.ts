@@ -147,7 +147,8 @@ export type PlantedBug =
   | "vote-without-log-check"
   | "vote-before-persist"
   | "apply-before-commit"
-  | "read-before-term-commit";
+  | "read-before-term-commit"
+  | "lease-from-answer";
 
 export interface RaftOptions {
   readonly id: NodeId;

@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError } from "commander";
 import { runCampaign } from "./campaign.js";
-import { faultKinds } from "./nemesis.js";
+import { type FaultKind, faultKinds } from "./nemesis.js";
 
 /** `npm run faults -- --minutes N [--seed S]`: a long fault campaign, one run per few minutes. */
 function positive(text: string): number {
@@ -10,12 +10,25 @@ function positive(text: string): number {
   return value;
 }
 
+function faultList(text: string): readonly FaultKind[] {
+  const kinds = text.split(",").map((kind) => kind.trim());
+  const unknown = kinds.find((kind) => !(faultKinds as readonly string[]).includes(kind));
+  if (unknown !== undefined) throw new InvalidArgumentError(`unknown fault kind "${unknown}"`);
+  return kinds as FaultKind[];
+}
+
 const options = new Command()
   .option("--minutes <n>", "total time of the campaign", positive, 10)
   .option("--run-minutes <n>", "time of each run (a fresh cluster each)", positive, 2)
   .option("--seed <n>", "seed of the first run (default: random)", positive)
+  .option(
+    "--faults <kinds>",
+    `comma-separated fault kinds (default: all of ${faultKinds.join(", ")})`,
+    faultList,
+    faultKinds,
+  )
   .parse()
-  .opts<{ minutes: number; runMinutes: number; seed?: number }>();
+  .opts<{ minutes: number; runMinutes: number; seed?: number; faults: readonly FaultKind[] }>();
 
 const end = Date.now() + options.minutes * 60_000;
 let seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
@@ -28,7 +41,7 @@ while (Date.now() < end) {
   const report = await runCampaign({
     seed,
     durationMs,
-    faults: faultKinds,
+    faults: options.faults,
     lockWorkers: 3,
     liveInstances: 5,
     log: (line) => console.log(`  ${line}`),

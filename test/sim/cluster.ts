@@ -111,6 +111,7 @@ export type FaultCounts = Record<
   | "proposed"
   | "acknowledged"
   | "readsServed"
+  | "leaseReadsServed"
   | "heals",
   number
 >;
@@ -138,6 +139,7 @@ function zeroCounts(): FaultCounts {
     proposed: 0,
     acknowledged: 0,
     readsServed: 0,
+    leaseReadsServed: 0,
     heals: 0,
   };
 }
@@ -697,6 +699,12 @@ export class Simulation {
     const up = this.upNodes();
     if (up.length === 0) return;
     const node = this.prng.pick(up);
+    if (this.prng.chance(0.5) && node.core.hasLease()) {
+      // A lease read is answered at once from the leader's commit index, as the runtime does.
+      this.checker.readServed(node.id, node.core.status().commit, this.checker.maxCommit);
+      this.counts.leaseReadsServed++;
+      return;
+    }
     const requestId = this.nextRequest++;
     this.readBounds.set(`${node.id}/${requestId}`, this.checker.maxCommit);
     node.core.readIndex(requestId);

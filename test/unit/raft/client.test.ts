@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import type { PlantedBug } from "../../../raft/core/types.js";
+import type { Message, PlantedBug } from "../../../raft/core/types.js";
 import { electionTicks, Network, sentOfType, texts } from "./harness.js";
 
 /** n1 wins term 2 but its no-op entry reaches nobody, and a read is asked of it. */
@@ -118,5 +118,92 @@ describe("Raft §8: requests made on a follower", () => {
     network.electLeader("n1");
     expect(network.propose("n2", "x")).toEqual({ ok: false, reason: "not-leader", leader: "n1" });
     expect(network.status("n2").lastIndex).toBe(network.status("n1").lastIndex);
+  });
+});
+
+describe("leader leases (Raft thesis §6.4.1)", () => {
+  /** n1 leads with CheckQuorum; it sends one heartbeat, whose answers are held back. */
+  function heartbeatAnswersHeld(plantedBug?: PlantedBug): { network: Network; held: Message[] } {
+    const network = new Network(3, { checkQuorum: true, ...(plantedBug ? { plantedBug } : {}) });
+    network.electLeader("n1");
+    const held: Message[] = [];
+    network.dropIf((m) => {
+      if (m.type !== "heartbeat-response") return false;
+      held.push(m);
+      return true;
+    });
+    network.tick("n1");
+    network.settle();
+    return { network, held };
+  }
+
+  it("holds once a quorum answered a heartbeat, for an election timeout less two ticks from its sending", () => {
+    const network = new Network(3, { checkQuorum: true });
+    network.electLeader("n1");
+    expect(network.raft("n1").hasLease()).toBe(false);
+    network.tickAll();
+    expect(network.raft("n1").hasLease()).toBe(true);
+    network.isolate("n1");
+    let ticks = 0;
+    while (network.raft("n1").hasLease() && ticks < 2 * electionTicks) {
+      network.tick("n1");
+      ticks++;
+    }
+    expect(ticks).toBe(electionTicks - 2);
+    expect(network.status("n1").role).toBe("leader");
+  });
+
+  it("counts from when the heartbeat was sent, not from when a late answer came", () => {
+    const { network, held } = heartbeatAnswersHeld();
+    expect(held.map((m) => m.from).sort()).toEqual(["n2", "n3"]);
+    network.tick("n1", electionTicks - 3);
+    for (const answer of held) network.inject(answer);
+    expect(network.raft("n1").hasLease()).toBe(true);
+    network.tick("n1");
+    expect(network.raft("n1").hasLease()).toBe(false);
+  });
+
+  it("catches a lease counted from the answer (planted bug)", () => {
+    const { network, held } = heartbeatAnswersHeld("lease-from-answer");
+    network.tick("n1", electionTicks - 3);
+    for (const answer of held) network.inject(answer);
+    network.tick("n1");
+    expect(network.raft("n1").hasLease()).toBe(true);
+  });
+
+  it("is given up when a leadership transfer starts, since voters then elect the target at once", () => {
+    const network = new Network(3, { checkQuorum: true });
+    network.electLeader("n1");
+    network.tickAll();
+    expect(network.raft("n1").hasLease()).toBe(true);
+    network.dropIf((m) => m.type === "timeout-now");
+    expect(network.raft("n1").transferLeadership("n2")).toBe(true);
+    network.settle();
+    network.tickAll();
+    expect(network.status("n1").role).toBe("leader");
+    expect(network.raft("n1").hasLease()).toBe(false);
+  });
+
+  it("holds only with CheckQuorum, without which followers do not refuse votes", () => {
+    const network = new Network(3);
+    network.electLeader("n1");
+    network.tickAll();
+    expect(network.raft("n1").hasLease()).toBe(false);
+  });
+
+  it("survives a voter's restart: the restarted voter refuses votes for an election timeout", () => {
+    const network = new Network(3, { checkQuorum: true });
+    network.electLeader("n1");
+    network.tickAll();
+    const term = network.status("n1").term;
+    network.crash("n2");
+    network.restart("n2");
+    network.isolate("n1");
+    network.campaign("n3");
+    network.settle();
+    expect(network.status("n3").role).not.toBe("leader");
+    expect(network.status("n2").term).toBe(term);
+    network.tickAll(3 * electionTicks);
+    expect(network.leaders().filter((id) => id !== "n1")).toHaveLength(1);
   });
 });

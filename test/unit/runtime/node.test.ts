@@ -73,6 +73,20 @@ describe("RaftNode runtime over an in-memory network", () => {
     expect(first.node.status().role).toBe("follower");
   });
 
+  it("a leader whose process stalled past its lease does not answer a read from its own state", async () => {
+    cluster = await startMemoryCluster();
+    const members = cluster.members;
+    const leader = await waitFor("a leader", () => leaderOf(members.values()));
+    await leader.node.propose(new TextEncoder().encode("x"), 2000);
+    await leader.node.leaseRead(2000);
+    // Cut off and frozen (as by SIGSTOP) without a single timer firing: only the clock moves.
+    cluster.network.setIsolated(leader.node.id, true);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+    await expect(leader.node.leaseRead(100)).rejects.toBeInstanceOf(RaftError);
+    expect(leader.node.status().role).not.toBe("leader");
+    cluster.network.setIsolated(leader.node.id, false);
+  });
+
   it("takes snapshots and compacts the log as entries are applied", async () => {
     cluster = await startMemoryCluster();
     const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
