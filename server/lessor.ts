@@ -56,6 +56,12 @@ export interface SelfPreservationState {
 
 const keyOf = instanceLeaseKey;
 
+/**
+ * Wall-clock skew between nodes that a countdown's age is allowed to hide: an entry applied
+ * late (by a node catching up after a restart) is aged by its wall-clock age beyond this.
+ */
+const clockSkewAllowanceMs = 500;
+
 /** Countdowns per checkpoint entry: about 100 bytes each. */
 const checkpointChunk = 2000;
 
@@ -93,7 +99,12 @@ export class Lessor {
     private readonly fsm: RegistryStateMachine,
     private readonly options: LessorOptions,
   ) {
-    fsm.onLease((key, remainingMs) => this.observed.set(key, this.options.now() + remainingMs));
+    fsm.onLease((key, remainingMs, at) => {
+      // Old entries in the log carry no wall clock: their age is unknown.
+      const lateMs = at === null || !Number.isFinite(at) ? 0 : this.options.wallClock() - at;
+      const aged = remainingMs - Math.max(0, lateMs - clockSkewAllowanceMs);
+      this.observed.set(key, this.options.now() + aged);
+    });
   }
 
   get isLeading(): boolean {
@@ -140,15 +151,24 @@ export class Lessor {
   }
 
   private resumed(instance: Instance, now: number): Lease {
-    // Restored from a snapshot, the countdown's start is unknown: count from now.
     return {
       ref: refOf(instance),
-      expiresAt: this.observed.get(keyOf(instance)) ?? now + instance.ttlRemainingMs,
+      expiresAt: this.observed.get(keyOf(instance)) ?? now + this.restoredRemaining(instance),
       graceUntil: now + this.graceFor(instance.ttlMs),
       renewedAt: now,
       lastHeartbeatWall: instance.lastHeartbeatAt,
       expireProposedAt: null,
     };
+  }
+
+  /**
+   * Restored from a snapshot, when its countdown was taken is unknown: the last heartbeat's
+   * wall-clock time bounds it, so that a snapshot applied long after it was made adds no time.
+   */
+  private restoredRemaining(instance: Instance): number {
+    const sinceHeartbeat = this.options.wallClock() - instance.lastHeartbeatAt;
+    const byWallClock = instance.ttlMs - sinceHeartbeat + clockSkewAllowanceMs;
+    return Math.min(instance.ttlRemainingMs, byWallClock);
   }
 
   /** A registration committed: its lease starts over. */
@@ -329,6 +349,7 @@ export class Lessor {
         op: "checkpoint",
         ttls: ttls.slice(at, at + checkpointChunk),
         sessions: sessions.slice(at, at + checkpointChunk),
+        now: this.options.wallClock(),
       });
     }
     if (commands.length > 0) this.submit("checkpoint", commands);

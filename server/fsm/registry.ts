@@ -89,6 +89,8 @@ export type RegistryCommand =
         readonly lastHeartbeatAt: number;
       })[];
       readonly sessions: readonly { readonly id: string; readonly remainingMs: number }[];
+      /** The leader's wall clock when it took these figures. */
+      readonly now: number;
     }
   | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode }
   | { readonly op: "session-create"; readonly session: SessionSpec }
@@ -232,7 +234,9 @@ export function encodeCommand(command: RegistryCommand): Uint8Array {
 export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private state = emptyState();
   private readonly listeners = new Set<(service: string | null, index: number) => void>();
-  private readonly leaseListeners = new Set<(key: string, remainingMs: number) => void>();
+  private readonly leaseListeners = new Set<
+    (key: string, remainingMs: number, at: number | null) => void
+  >();
   /** Sessions and locks; a lock's watchers are woken under the key "lock:<name>". */
   readonly locks = new LockTable((key) => this.notify(key, this.state.appliedIndex));
 
@@ -268,7 +272,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
           },
           index,
         );
-        this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs);
+        this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs, command.now);
         return { ok: true, instance: updated };
       }
       case "expire": {
@@ -312,11 +316,11 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
             modifyIndex: instance.modifyIndex,
           });
           this.put(updated);
-          this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs);
+          this.leaseChanged(instanceLeaseKey(updated), updated.ttlRemainingMs, command.now);
         }
         for (const ttl of command.sessions) {
           if (this.locks.renewCheckpoint(ttl.id, ttl.remainingMs) !== undefined)
-            this.leaseChanged(sessionLeaseKey(ttl.id), ttl.remainingMs);
+            this.leaseChanged(sessionLeaseKey(ttl.id), ttl.remainingMs, command.now);
         }
         return { ok: true };
       }
@@ -325,7 +329,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         return { ok: true };
       case "session-create": {
         const session = this.locks.createSession(command.session, index);
-        this.leaseChanged(sessionLeaseKey(session.id), session.ttlMs);
+        this.leaseChanged(sessionLeaseKey(session.id), session.ttlMs, null);
         return { ok: true, session };
       }
       case "session-end": {
@@ -379,7 +383,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     this.put(stored);
     this.noteTags(spec);
     this.touch(spec.service, index);
-    this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs);
+    this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs, now);
     return { ok: true, instance: stored };
   }
 
@@ -537,14 +541,15 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   /**
    * Called when an entry restarts an instance's countdown (a registration, a status change,
    * a checkpoint): followers note when, to resume it from there if they come to lead.
+   * `at` is the leader's wall clock when `remainingMs` was true (null: unknown).
    */
-  onLease(listener: (key: string, remainingMs: number) => void): () => void {
+  onLease(listener: (key: string, remainingMs: number, at: number | null) => void): () => void {
     this.leaseListeners.add(listener);
     return () => this.leaseListeners.delete(listener);
   }
 
-  private leaseChanged(key: string, remainingMs: number): void {
-    for (const listener of this.leaseListeners) listener(key, remainingMs);
+  private leaseChanged(key: string, remainingMs: number, at: number | null): void {
+    for (const listener of this.leaseListeners) listener(key, remainingMs, at);
   }
 
   private notify(service: string | null, index: number): void {

@@ -73,6 +73,7 @@ describe("registry state machine", () => {
       op: "checkpoint",
       ttls: [{ service: "web", id: "a", remainingMs: 4000, lastHeartbeatAt: 7 }],
       sessions: [],
+      now: 8,
     });
     expect(woken).toEqual([]);
     expect(log.fsm.instances("web").index).toBe(1);

@@ -24,7 +24,11 @@ class Bench {
   }
 
   newLessor(overrides: Partial<LessorOptions> = {}): Lessor {
-    return new Lessor(this.log.fsm, {
+    return new Lessor(this.log.fsm, { ...this.optionsFor(), ...overrides });
+  }
+
+  optionsFor(): LessorOptions {
+    return {
       graceMs,
       checkpointIntervalMs,
       deregisterAfterMs,
@@ -38,8 +42,7 @@ class Bench {
       },
       onSelfPreservation: (engaged) => this.preservation.push(engaged),
       onEvicted: () => undefined,
-      ...overrides,
-    });
+    };
   }
 
   register(lessor: Lessor, service: string, id: string, ttl = ttlMs): InstanceRef {
@@ -166,6 +169,43 @@ describe("TTL lessor", () => {
     expect(bench.status(live)).toBe("passing");
     // The checkpoints carried each countdown's heartbeat time too.
     expect(bench.log.fsm.instance(live)?.lastHeartbeatAt).toBeGreaterThan(1_000_000 + promotedAt);
+  });
+
+  it("a node that applies the entries late (a restart, a snapshot) counts from the leader's clock", async () => {
+    const bench = new Bench();
+    bench.lessor.becomeLeader();
+    const ref = bench.register(bench.lessor, "web", "silent");
+    // Checkpoints at 2 s and 4 s leave 8 s and 6 s; then the leader dies.
+    await bench.run(bench.lessor, 5000);
+    bench.lessor.stepDown();
+    const snapshot = bench.log.fsm.snapshot();
+    // 7 s later a node that was down catches up: it replays the log, or installs a snapshot.
+    bench.now = 12_000;
+    const replayed = new Log();
+    const restored = new Log();
+    restored.fsm.restore(snapshot);
+    const lessors = [replayed, restored].map((log) => {
+      const lessor = new Lessor(log.fsm, {
+        ...bench.optionsFor(),
+        propose: async (c) => log.apply(c),
+      });
+      return { log, lessor };
+    });
+    replayed.apply({ op: "register", instance: spec("web", "silent"), now: 1_000_000 });
+    for (const command of bench.proposed) replayed.apply(command);
+    for (const { log, lessor } of lessors) {
+      lessor.becomeLeader();
+      let criticalAt: number | null = null;
+      for (let now = bench.now; now < 30_000 && criticalAt === null; now += tickMs) {
+        bench.now = now;
+        lessor.tick();
+        await new Promise((resolve) => setImmediate(resolve));
+        if (log.fsm.instance(ref)?.effectiveStatus === "critical") criticalAt = now;
+      }
+      // The TTL ran out at 10 s: only the grace after the election holds it (not 6 s more).
+      expect(criticalAt).toBe(12_000 + graceMs);
+      bench.now = 12_000;
+    }
   });
 
   it("a failover never evicts an instance heartbeating at a third of a long TTL", async () => {
