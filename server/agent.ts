@@ -85,6 +85,7 @@ export class Agent {
         for (const instance of this.fsm.allInstances()) counts[instance.effectiveStatus]++;
         return counts;
       },
+      () => this.transport.counters,
     );
     this.lessor = new Lessor(this.fsm, {
       // Election timeouts are randomized up to twice the configured one.

@@ -1,4 +1,14 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { TransportCounters } from "../raft/transport/grpc-transport.js";
+
+/** Why the peer transport dropped a message, as the `reason` label says it. */
+const dropReasons = {
+  "queue-full": "droppedQueueFull",
+  "other-cluster": "droppedOtherCluster",
+  undecodable: "droppedUndecodable",
+  misaddressed: "droppedMisaddressed",
+  "not-a-member": "droppedStranger",
+} as const satisfies Record<string, keyof TransportCounters>;
 
 /** What the agent reports at /metrics, in one registry per agent. */
 export class Metrics {
@@ -35,6 +45,7 @@ export class Metrics {
     raft: () => { term: number; commit: number; applied: number; leader: boolean },
     watchers: () => number,
     instancesByStatus: () => Record<string, number>,
+    transport: () => TransportCounters,
   ) {
     new Gauge({
       name: "muster_instances",
@@ -60,5 +71,43 @@ export class Metrics {
     gauge("muster_raft_applied_index", "Index applied to the registry", () => raft().applied);
     gauge("muster_raft_is_leader", "1 on the leader", () => (raft().leader ? 1 : 0));
     gauge("muster_watchers", "Blocking queries and watch streams waiting", watchers);
+    // The transport keeps plain counts: copied at each scrape.
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    counter(
+      "muster_raft_messages_sent_total",
+      "Raft messages queued to peers",
+      () => transport().sent,
+    );
+    counter(
+      "muster_raft_messages_received_total",
+      "Raft messages from peers handed to Raft",
+      () => transport().received,
+    );
+    counter(
+      "muster_raft_reconnects_total",
+      "Connections to peers made again after a failure",
+      () => transport().reconnects,
+    );
+    new Counter({
+      name: "muster_raft_messages_dropped_total",
+      help: "Raft messages dropped by the peer transport, by reason",
+      labelNames: ["reason"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const counts = transport();
+        for (const [reason, field] of Object.entries(dropReasons))
+          this.inc({ reason }, counts[field]);
+      },
+    });
   }
 }

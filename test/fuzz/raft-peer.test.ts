@@ -456,6 +456,22 @@ afterAll(async () => {
 }, 30_000);
 
 /** Everything a foreign input must leave as it was; then a write must still commit. */
+/** `muster_raft_messages_dropped_total{reason}` summed over the live nodes' /metrics. */
+async function droppedTotal(reason: string): Promise<number> {
+  const pattern = new RegExp(
+    `^muster_raft_messages_dropped_total\\{reason="${reason}"\\} (\\d+)$`,
+    "m",
+  );
+  let total = 0;
+  for (const id of nodeIds) {
+    const text = await fetch(`http://${cluster.get(id).http}/metrics`)
+      .then((response) => response.text())
+      .catch(() => "");
+    total += Number(pattern.exec(text)?.[1] ?? 0);
+  }
+  return total;
+}
+
 async function unchangedAndCommitting(what: string): Promise<void> {
   const problems = await liveness(cluster);
   expect(
@@ -623,6 +639,9 @@ describe("Raft peer port fuzz", () => {
       other: "UNIMPLEMENTED",
     });
     await unchangedAndCommitting("foreign frames");
+    // Operators see the drops in /metrics, by reason.
+    expect(await droppedTotal("other-cluster")).toBeGreaterThan(0);
+    expect(await droppedTotal("undecodable")).toBeGreaterThan(0);
   }, 60_000);
 
   it("never lets a node outside the membership raise a term, lead, or crash a node", async () => {
@@ -887,5 +906,6 @@ describe("Raft peer port fuzz", () => {
       `[fuzz raft-peer] non-member frames: ${kinds.length - untried.length} kinds tried, ${violations.length} violations`,
     );
     expect({ violations, untried }).toEqual({ violations: [], untried: [] });
+    expect(await droppedTotal("not-a-member")).toBeGreaterThanOrEqual(kinds.length);
   }, 90_000);
 });
