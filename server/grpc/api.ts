@@ -66,6 +66,42 @@ const boundedStatusDetails: grpc.ServerInterceptor = (_method, call) =>
       ),
   });
 
+/** An error that ends a streaming call with INVALID_ARGUMENT naming `field`. */
+function invalidArgument(field: string, details: string): Error {
+  const metadata = new grpc.Metadata();
+  metadata.set("field", field);
+  metadata.set("muster-code", "MUSTER_ERR_BAD_REQUEST");
+  return Object.assign(new Error(details), {
+    code: grpc.status.INVALID_ARGUMENT,
+    details,
+    metadata,
+  });
+}
+
+/** Marks a streamed request message that did not decode. */
+const undecodable = Symbol("undecodable");
+
+/**
+ * grpc-js fails a stream whose message does not decode on its own, racing the handler's
+ * writes of earlier answers (now and then the call never ends). Instead the message reaches
+ * the handler, marked, and the handler ends the call after those answers.
+ */
+function undecodableReachesHandler(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const methods = Object.entries(definition).map(([name, method]) => {
+    if (!method.requestStream) return [name, method];
+    const decode = method.requestDeserialize;
+    const tolerant = (bytes: Buffer) => {
+      try {
+        return decode(bytes);
+      } catch {
+        return { [undecodable]: true };
+      }
+    };
+    return [name, { ...method, requestDeserialize: tolerant }];
+  });
+  return Object.fromEntries(methods);
+}
+
 /** An HTTP error answer as a gRPC status, with the field (or leader) in metadata. */
 function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusObject> {
   const raw = answer.body.error;
@@ -179,7 +215,7 @@ export class GrpcApi {
       if (found === undefined) throw new Error(`muster.v1.${name} missing from the proto file`);
       return found.service;
     };
-    server.addService(service("Registry"), api.registry());
+    server.addService(undecodableReachesHandler(service("Registry")), api.registry());
     server.addService(service("Sessions"), api.sessions());
     server.addService(service("Locks"), api.locks());
     server.addService(service("Elections"), api.elections());
@@ -283,16 +319,7 @@ export class GrpcApi {
     });
     const filters = { healthy: request.healthy, tag: request.tags };
     if (!serviceName.test(String(request.service ?? ""))) {
-      const metadata = new grpc.Metadata();
-      metadata.set("field", "service");
-      metadata.set("muster-code", "MUSTER_ERR_BAD_REQUEST");
-      call.destroy(
-        Object.assign(new Error("service must be a DNS label"), {
-          code: grpc.status.INVALID_ARGUMENT,
-          details: "service must be a DNS label",
-          metadata,
-        }),
-      );
+      call.emit("error", invalidArgument("service", "service must be a DNS label"));
       return;
     }
     while (!cancelled) {
@@ -304,12 +331,8 @@ export class GrpcApi {
         url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
       });
       if (answer.status !== 200 && answer.status !== 404) {
-        call.destroy(
-          Object.assign(
-            new Error(String(toError(answer, this.backend).details)),
-            toError(answer, this.backend),
-          ),
-        );
+        const status = toError(answer, this.backend);
+        call.emit("error", Object.assign(new Error(String(status.details)), status));
         return;
       }
       const changed = Number(answer.headers["x-muster-index"] ?? 0);
@@ -328,10 +351,25 @@ export class GrpcApi {
     let chain: Promise<void> = Promise.resolve();
     // Once the call failed (say, a message that does not decode), nothing more is written.
     let failed = false;
+    let received = 0;
     const send = (message: Fields) => {
       if (!failed && call.writable) call.write(message);
     };
     call.on("data", (message: Fields) => {
+      const position = ++received;
+      if (undecodable in message) {
+        // Ends the call after the answers to every message before it, in order.
+        chain = chain.then(() => {
+          if (failed) return;
+          failed = true;
+          // grpc-js makes an emitted error the call's status, sent after what was written.
+          call.emit(
+            "error",
+            invalidArgument("message", `message ${position} on the stream does not decode`),
+          );
+        });
+        return;
+      }
       chain = chain.then(async () => {
         const heartbeat = message.heartbeat as Fields | undefined;
         const session = message.session as string | undefined;
