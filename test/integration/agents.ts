@@ -29,13 +29,22 @@ export interface AgentProcess {
 }
 
 /**
- * A free port below the kernel's ephemeral range: ports handed out for port 0 (proxies and
- * servers of other test files) and for outgoing connections cannot take it between this
- * check and the agent's bind.
+ * Ports of this process: below the kernel's ephemeral range (ports handed out for port 0 and
+ * outgoing connections cannot take one between the check and the agent's bind), and one
+ * block per vitest worker, so that clusters of test files running side by side (whose agents
+ * restart on the same ports) never pick each other's.
  */
+const portBlock = (() => {
+  const blocks = 10;
+  const size = 1200;
+  const worker = Number(process.env.VITEST_POOL_ID ?? 0);
+  const first = 20_000 + (worker % blocks) * size;
+  return { first, size };
+})();
+
 async function freePort(): Promise<number> {
   for (let attempt = 0; attempt < 100; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const port = portBlock.first + Math.floor(Math.random() * portBlock.size);
     const free = await new Promise<boolean>((resolve) => {
       const server = createServer();
       server.once("error", () => resolve(false));
@@ -43,7 +52,7 @@ async function freePort(): Promise<number> {
     });
     if (free) return port;
   }
-  throw new Error("no free port between 20000 and 32000");
+  throw new Error(`no free port from ${portBlock.first} in 100 tries`);
 }
 
 export async function sleep(ms: number): Promise<void> {
