@@ -83,6 +83,8 @@ interface SessionLease {
 export class Lessor {
   private leases = new Map<string, Lease>();
   private leading = false;
+  /** Counts changes of leadership: batches of an earlier leadership no longer hold back new ones. */
+  private generation = 0;
   private lastCheckpoint = 0;
   private sessionLeases = new Map<string, SessionLease>();
   private inFlight = new Set<
@@ -115,6 +117,7 @@ export class Lessor {
   becomeLeader(): void {
     const now = this.options.now();
     this.leading = true;
+    this.newGeneration();
     this.leases.clear();
     this.lastCheckpoint = now;
     for (const instance of this.fsm.allInstances()) {
@@ -137,6 +140,7 @@ export class Lessor {
 
   stepDown(): void {
     this.leading = false;
+    this.newGeneration();
     this.leases.clear();
     this.sessionLeases.clear();
   }
@@ -367,6 +371,15 @@ export class Lessor {
     }
   }
 
+  /**
+   * A deposed leader's proposals may hang until they time out: a leader elected again
+   * meanwhile must not wait for them.
+   */
+  private newGeneration(): void {
+    this.generation++;
+    this.inFlight.clear();
+  }
+
   /** One batch of each kind in flight at a time; a failed one is simply retried next tick. */
   private submit(
     kind: "expire" | "evict" | "checkpoint" | "revive" | "session" | "promote",
@@ -374,6 +387,7 @@ export class Lessor {
   ) {
     if (this.inFlight.has(kind)) return;
     this.inFlight.add(kind);
+    const generation = this.generation;
     Promise.all(commands.map((command) => this.options.propose(command)))
       .then((results) => {
         if (kind !== "evict") return;
@@ -383,6 +397,8 @@ export class Lessor {
         }
       })
       .catch(() => undefined)
-      .finally(() => this.inFlight.delete(kind));
+      .finally(() => {
+        if (this.generation === generation) this.inFlight.delete(kind);
+      });
   }
 }

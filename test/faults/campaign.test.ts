@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { runCampaign } from "./campaign.js";
+import { lockDelayMs, sessionTtlMs } from "./lock-workload.js";
 import type { FaultKind } from "./nemesis.js";
+
+/** Time for a grant's answer to come back, beyond the bound itself. */
+const answerSlackMs = 500;
 
 /** A fresh seed each run, printed, and replayed with MUSTER_FAULT_SEED. */
 const firstSeed = Number(process.env.MUSTER_FAULT_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -50,6 +54,11 @@ describe("fault campaigns against three real agents", () => {
       expect(report.staleViolation).toBeNull();
       expect(report.locks?.violations).toEqual([]);
       expect(report.locks?.grants ?? 0).toBeGreaterThan(2);
+      // On the recovered cluster a vanished holder's lock passes on within DESIGN.md's bound
+      // (plus the time its answer takes), never before its TTL and lockDelay.
+      const handover = report.locks?.handover;
+      expect(handover?.takeoverMs).toBeGreaterThanOrEqual(sessionTtlMs + lockDelayMs);
+      expect(handover?.takeoverMs).toBeLessThanOrEqual((handover?.boundMs ?? 0) + answerSlackMs);
       expect(report.ttl?.violations).toEqual([]);
       expect(report.ttl?.silent ?? 0).toBeGreaterThan(5);
       // Enough happened to mean something: writes acknowledged and reads checked under faults.

@@ -1,6 +1,6 @@
 import { FaultCluster, nodeIds } from "./fault-cluster.js";
 import { type CheckResult, checkOperations, registerModel } from "./linearizability.js";
-import { type LockResult, runLockWorkload } from "./lock-workload.js";
+import { type Handover, type LockResult, probeHandover, runLockWorkload } from "./lock-workload.js";
 import { type FaultKind, injectFault } from "./nemesis.js";
 import { Random } from "./random.js";
 import { runTtlWorkload, type TtlResult, ttlArgs } from "./ttl-workload.js";
@@ -39,7 +39,7 @@ export interface CampaignReport {
   /** A stale read that went back in time on one node, or null. */
   readonly staleViolation: string | null;
   readonly converged: { appliedIndex: number; hash: string };
-  readonly locks: LockResult | null;
+  readonly locks: (LockResult & { readonly handover: Handover | null }) | null;
   readonly ttl: TtlResult | null;
 }
 
@@ -79,7 +79,11 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
   const nemesisRandom = new Random(options.seed);
   const workloadRandom = new Random(options.seed ^ 0x9e3779b9);
   const liveInstances = options.liveInstances ?? 0;
-  const cluster = await FaultCluster.start(options.env, liveInstances > 0 ? ttlArgs : []);
+  const lockWorkers = options.lockWorkers ?? 0;
+  const cluster = await FaultCluster.start(
+    options.env,
+    liveInstances > 0 || lockWorkers > 0 ? ttlArgs : [],
+  );
   const faults: Partial<Record<FaultKind, number>> = {};
   try {
     const stop = new AbortController();
@@ -89,7 +93,6 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       signal: stop.signal,
       incarnation: (id) => cluster.incarnation(id),
     });
-    const lockWorkers = options.lockWorkers ?? 0;
     const locks =
       lockWorkers > 0
         ? runLockWorkload(cluster, new Random(options.seed ^ 0x85ebca6b), {
@@ -118,6 +121,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     const lockResult = await locks;
     const ttlResult = await ttl;
     const converged = await cluster.recover();
+    const handover = lockWorkers > 0 ? await probeHandover(cluster) : null;
     history.push(...(await finalReads(cluster, keys)));
     const linearizability = checkOperations(registerModel, history, { timeoutMs: 60_000 });
     return {
@@ -128,7 +132,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       linearizability,
       staleViolation: checkStaleMonotonic(staleReads),
       converged,
-      locks: lockResult,
+      locks: lockResult === null ? null : { ...lockResult, handover },
       ttl: ttlResult,
     };
   } finally {

@@ -53,6 +53,8 @@ while (Date.now() < end) {
     report.linearizability.result === "ok" &&
     report.staleViolation === null &&
     (report.locks?.violations.length ?? 0) === 0 &&
+    (report.locks?.handover?.takeoverMs ?? Number.POSITIVE_INFINITY) <=
+      (report.locks?.handover?.boundMs ?? 0) + 500 &&
     (report.ttl?.violations.length ?? 0) === 0;
   if (!ok) failed += 1;
   console.log(

@@ -1,6 +1,8 @@
+import { testElectionTimeoutMs } from "../integration/agents.js";
 import type { FaultCluster } from "./fault-cluster.js";
 import { nodeIds } from "./fault-cluster.js";
 import type { Random } from "./random.js";
+import { checkpointIntervalMs } from "./ttl-workload.js";
 
 const lockName = "guarded";
 export const sessionTtlMs = 3000;
@@ -140,6 +142,47 @@ export async function runLockWorkload(
     abandoned: abandoned.length,
     violations: checkLocks(grants, checks, abandoned),
   };
+}
+
+/** A holder that vanished after the faults, and when another worker got its lock. */
+export interface Handover {
+  /** From the holder's last renewal to the next grant. */
+  readonly takeoverMs: number | null;
+  /** DESIGN.md's worst case: session TTL + checkpoint interval + election timeout + lockDelay. */
+  readonly boundMs: number;
+}
+
+/**
+ * After the faults, on the recovered cluster: a holder stops renewing without a word while
+ * another worker waits for the lock. Its session must run out and the lock pass on within
+ * the bound of DESIGN.md, and not before the TTL and lockDelay.
+ */
+export async function probeHandover(cluster: FaultCluster): Promise<Handover> {
+  const boundMs = sessionTtlMs + checkpointIntervalMs + testElectionTimeoutMs + lockDelayMs;
+  const address = cluster.agents.get(nodeIds[0]).http;
+  const session = async () => {
+    const created = await post(address, "/v1/sessions", {
+      ttl: `${sessionTtlMs}ms`,
+      lockDelay: `${lockDelayMs}ms`,
+    });
+    if (created.status !== 200) throw new Error(`session: ${created.status}`);
+    return String(created.body.id);
+  };
+  const acquire = (holder: string, wait: string) =>
+    post(address, "/v1/locks/handover/acquire", { session: holder, value: holder, wait });
+  const lastRenewal = performance.now();
+  const holder = await session();
+  const held = await acquire(holder, "0s");
+  if (held.status !== 200) throw new Error(`handover lock: ${held.status}`);
+  const waiter = await session();
+  const deadline = lastRenewal + 3 * boundMs;
+  while (performance.now() < deadline) {
+    // The waiter keeps its own session alive while it waits.
+    await post(address, `/v1/sessions/${waiter}/renew`, {});
+    const answer = await acquire(waiter, "1s");
+    if (answer.status === 200) return { takeoverMs: performance.now() - lastRenewal, boundMs };
+  }
+  return { takeoverMs: null, boundMs };
 }
 
 export function checkLocks(

@@ -3,9 +3,10 @@ import type { FaultCluster } from "./fault-cluster.js";
 import { nodeIds } from "./fault-cluster.js";
 
 export const ttlMs = 3000;
-/** The agents' settings for this workload (see FaultCluster.start). */
+export const checkpointIntervalMs = 1000;
+/** The agents' settings for the TTL and lock workloads (see FaultCluster.start). */
 export const ttlArgs = [
-  "--ttl-checkpoint-interval=1s",
+  `--ttl-checkpoint-interval=${checkpointIntervalMs}ms`,
   "--deregister-after=2s",
   // Most instances here are silent on purpose: self-preservation would rightly stop evictions.
   "--self-preservation-min-instances=100000",

@@ -8,10 +8,13 @@ import { fileURLToPath } from "node:url";
 
 const cli = fileURLToPath(new URL("../../server/cli.ts", import.meta.url));
 
+/** The election timeout of test clusters. */
+export const testElectionTimeoutMs = 200;
+
 /** Fast timings so that elections and failovers take a fraction of a second. */
 const fastTimingArgs = [
   "--heartbeat-interval=20ms",
-  "--election-timeout=200ms",
+  `--election-timeout=${testElectionTimeoutMs}ms`,
   "--snapshot-every=20",
   "--log-level=info",
 ];

@@ -208,6 +208,28 @@ describe("TTL lessor", () => {
     }
   });
 
+  it("a leader elected again is not held back by batches it proposed before it was deposed", async () => {
+    const bench = new Bench();
+    let hang = true;
+    const lessor = bench.newLessor({
+      // Proposals of the first leadership never come back, as on a partitioned leader.
+      propose: (command) => {
+        bench.proposed.push(command);
+        return hang ? new Promise(() => undefined) : Promise.resolve(bench.log.apply(command));
+      },
+    });
+    lessor.becomeLeader();
+    const ref = bench.register(lessor, "web", "silent");
+    await bench.run(lessor, ttlMs + tickMs);
+    expect(bench.proposed.filter((command) => command.op === "expire")).toHaveLength(1);
+    expect(bench.status(ref)).toBe("passing");
+    lessor.stepDown();
+    hang = false;
+    lessor.becomeLeader();
+    const criticalAt = await bench.criticalAt(lessor, ref, bench.now + 2 * graceMs);
+    expect(criticalAt).not.toBeNull();
+  });
+
   it("a failover never evicts an instance heartbeating at a third of a long TTL", async () => {
     const bench = new Bench();
     const first = bench.lessor;
