@@ -98,6 +98,8 @@ export class Raft {
   /** Started from a term some leader may have held: honour its lease as if just heard from. */
   private readonly restarted: boolean;
   private readContext = 0;
+  /** Reads wait for a heartbeat: one goes out with the next batch for all of them. */
+  private readHeartbeatPending = false;
   private pendingReads: PendingRead[] = [];
   private readsAwaitingTermCommit: { requestId: number; origin: NodeId }[] = [];
   /** A configuration became active through a commit index that is not yet synced. */
@@ -463,9 +465,16 @@ export class Raft {
       this.answerRead(origin, requestId, this.log.commit);
       return;
     }
-    const index = this.log.commit;
-    const context = this.broadcastHeartbeat();
-    this.pendingReads.push({ requestId, index, origin, context, acks: new Set([this.id]) });
+    // The next heartbeat, sent after this read arrived, confirms it and every read before it.
+    const context = this.readContext + 1;
+    this.readHeartbeatPending = true;
+    this.pendingReads.push({
+      requestId,
+      index: this.log.commit,
+      origin,
+      context,
+      acks: new Set([this.id]),
+    });
   }
 
   /**
@@ -545,6 +554,7 @@ export class Raft {
     if (this.readyOutstanding) return false;
     return (
       this.broadcastPending !== null ||
+      this.readHeartbeatPending ||
       this.outboxNow.length > 0 ||
       this.outboxAfterPersist.length > 0 ||
       this.readStates.length > 0 ||
@@ -562,6 +572,8 @@ export class Raft {
       this.broadcastAppend(this.broadcastPending === "with-empty");
     }
     this.broadcastPending = null;
+    if (this.readHeartbeatPending && this.role === "leader") this.broadcastHeartbeat();
+    this.readHeartbeatPending = false;
     const hardState = this.hardState();
     const previous = this.handedHardState;
     const changed = !sameHardState(hardState, previous);
@@ -678,6 +690,7 @@ export class Raft {
     this.transferTarget = null;
     this.leaseForfeited = false;
     this.heartbeatsSent = [];
+    this.readHeartbeatPending = false;
     this.votes = new Map();
     this.progress = new Map();
     this.snapshotElapsed = new Map();

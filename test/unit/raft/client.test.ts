@@ -62,6 +62,20 @@ describe("Raft §8: ReadIndex on the leader", () => {
     expect(network.readStates("n1")).toEqual([]);
   });
 
+  it("reads asked between two batches share one heartbeat round", () => {
+    const network = new Network(3);
+    network.electLeader("n1");
+    network.proposeAll("n1", texts("x", 2));
+    const heartbeatsBefore = sentOfType(network, "heartbeat").length;
+    for (let requestId = 1; requestId <= 10; requestId++) network.raft("n1").readIndex(requestId);
+    network.settle();
+    expect(sentOfType(network, "heartbeat").length - heartbeatsBefore).toBe(2);
+    const commit = network.status("n1").commit;
+    expect(network.readStates("n1")).toEqual(
+      Array.from({ length: 10 }, (_, i) => ({ requestId: i + 1, index: commit })),
+    );
+  });
+
   it("with CheckQuorum, an isolated leader fails its pending read when it steps down", () => {
     const network = new Network(3, { checkQuorum: true });
     network.electLeader("n1");
