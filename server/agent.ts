@@ -22,6 +22,7 @@ import {
 } from "./fsm/registry.js";
 import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
+import { forwardedHeader, WatchQuota } from "./http/limits.js";
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
@@ -32,7 +33,6 @@ const proposeTimeoutMs = 5000;
 const maxAppendBytes = 1024 * 1024;
 /** How long a write may wait for a leader before it fails with 503. */
 const leaderWaitMs = 5000;
-const forwardedHeader = "x-muster-forwarded";
 /** A learner this close to the leader's commit index is promoted to voter. */
 const promotionLagEntries = 100;
 /** How often the leader's lessor looks for TTLs that ran out: each look visits every instance. */
@@ -46,6 +46,7 @@ export type Consistency = "stale" | "default" | "linearizable";
 export class Agent {
   readonly fsm = new RegistryStateMachine();
   readonly watches = new Watches();
+  readonly watchQuota: WatchQuota;
   readonly metrics: Metrics;
   private readonly lessor: Lessor;
   private lessorTimer: NodeJS.Timeout | null = null;
@@ -64,6 +65,7 @@ export class Agent {
     private readonly logger: Logger,
     private clusterId: string,
   ) {
+    this.watchQuota = new WatchQuota(config);
     this.metrics = new Metrics(
       () => {
         const status = this.node.status();
@@ -240,10 +242,11 @@ export class Agent {
     const [host, port] = splitAddress(config.http);
     await this.http.listen({ host, port });
     this.grpc = await GrpcApi.start(config.grpc, {
-      http: async (call) => {
+      http: async (call, client) => {
         const answer = await this.http.inject({
           method: call.method,
           url: call.url,
+          remoteAddress: client,
           ...(call.body === undefined ? {} : { payload: call.body as object }),
         });
         return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
@@ -577,6 +580,13 @@ export class Agent {
           : { id: status.leader, raft: leader?.raft ?? null, http: leader?.http ?? null },
       term: status.term,
     };
+  }
+
+  /** Whether `ip` is the host of a member's HTTP address (where forwarded requests come from). */
+  isMemberHost(ip: string): boolean {
+    return this.fsm
+      .members()
+      .some((member) => member.http.slice(0, member.http.lastIndexOf(":")) === ip);
   }
 
   membersInfo(): unknown {

@@ -32,6 +32,10 @@ export interface AgentConfig {
   /** SERVFAIL once no leader was heard for this long; null: answer from local state always. */
   readonly dnsMaxStaleMs: number | null;
   readonly logLevel: string;
+  /** Requests per second one client may make of a node; 0: no limit. */
+  readonly rateLimit: number;
+  readonly maxWatchesPerClient: number;
+  readonly maxWatches: number;
   /**
    * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
    * never a flag): "local-reads" answers every read from local state.
@@ -88,6 +92,13 @@ function fraction(text: string): number {
   const value = Number(text);
   if (text.trim() === "" || !(value > 0 && value <= 1))
     throw new InvalidArgumentError(`"${text}" is not a share between 0 (excluded) and 1`);
+  return value;
+}
+
+function nonNegativeInteger(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 0)
+    throw new InvalidArgumentError(`"${text}" is not a whole number`);
   return value;
 }
 
@@ -247,6 +258,27 @@ export function agentOptions(): Option[] {
       "MUSTER_DNS_MAX_STALE",
       parseDuration,
     ),
+    option(
+      "--rate-limit <requests>",
+      "requests per second one client may make of this node (0: no limit)",
+      "MUSTER_RATE_LIMIT",
+      nonNegativeInteger,
+      "0",
+    ),
+    option(
+      "--max-watches-per-client <count>",
+      "blocking queries and watch streams one client may hold open on this node",
+      "MUSTER_MAX_WATCHES_PER_CLIENT",
+      positiveInteger,
+      "1000",
+    ),
+    option(
+      "--max-watches <count>",
+      "blocking queries and watch streams this node holds open in all",
+      "MUSTER_MAX_WATCHES",
+      positiveInteger,
+      "20000",
+    ),
     option("--log-level <level>", "pino log level", "MUSTER_LOG_LEVEL", undefined, "info"),
   ];
 }
@@ -328,6 +360,9 @@ export function resolveConfig(command: Command): AgentConfig {
     dnsNegativeTtlMs: duration("dnsNegativeTtl"),
     dnsMaxStaleMs: pick("dnsMaxStale") === undefined ? null : duration("dnsMaxStale"),
     logLevel: pick("logLevel") as string,
+    rateLimit: Number(pick("rateLimit")),
+    maxWatchesPerClient: Number(pick("maxWatchesPerClient")),
+    maxWatches: Number(pick("maxWatches")),
     plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),
   };
 }

@@ -31,7 +31,8 @@ export interface HttpAnswer {
 
 /** What the gRPC API needs of its agent. */
 export interface GrpcBackend {
-  http(call: HttpCall): Promise<HttpAnswer>;
+  /** `client`: the gRPC client's address, so that limits count its calls as its own. */
+  http(call: HttpCall, client: string): Promise<HttpAnswer>;
   /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
   leaderGrpc(): string | null;
   hasLeader(): boolean;
@@ -65,6 +66,13 @@ const boundedStatusDetails: grpc.ServerInterceptor = (_method, call) =>
           : status,
       ),
   });
+
+/** The client's IP address, from grpc-js's "host:port" peer. */
+function clientAddress(call: { getPeer(): string }): string {
+  const peer = call.getPeer();
+  const colon = peer.lastIndexOf(":");
+  return (colon > 0 ? peer.slice(0, colon) : peer).replace(/^\[(.*)\]$/, "$1");
+}
 
 /** An error that ends a streaming call with INVALID_ARGUMENT naming `field`. */
 function invalidArgument(field: string, details: string): Error {
@@ -252,7 +260,7 @@ export class GrpcApi {
       const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
       const remainingMs = Number.isFinite(at) ? Math.max(0, at - Date.now()) : null;
       this.backend
-        .http(toHttp(call.request, remainingMs))
+        .http(toHttp(call.request, remainingMs), clientAddress(call))
         .then((answer) => {
           if (answer.status === 200 || answers.includes(answer.status)) {
             callback(null, shape(answer.body));
@@ -326,10 +334,13 @@ export class GrpcApi {
       const blocking = first ? {} : { index, wait: `${watchRoundMs}ms` };
       first = false;
       const asked = performance.now();
-      const answer = await this.backend.http({
-        method: "GET",
-        url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
-      });
+      const answer = await this.backend.http(
+        {
+          method: "GET",
+          url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
+        },
+        clientAddress(call),
+      );
       if (answer.status !== 200 && answer.status !== 404) {
         const status = toError(answer, this.backend);
         call.emit("error", Object.assign(new Error(String(status.details)), status));
@@ -387,7 +398,7 @@ export class GrpcApi {
           send({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
           return;
         }
-        const answer = await this.backend.http(http).catch(() => null);
+        const answer = await this.backend.http(http, clientAddress(call)).catch(() => null);
         if (answer?.status === 200) {
           send({ ok: true, status: String(answer.body.status ?? "") });
           return;

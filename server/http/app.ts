@@ -6,6 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { RaftError } from "../../raft/node.js";
 import type { Agent } from "../agent.js";
 import { MusterError } from "../errors.js";
+import { limitRequests } from "./limits.js";
 import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
 import { MemberBody, SelfPreservationBody } from "./schemas.js";
@@ -92,6 +93,7 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
     },
   );
 
+  limitRequests(app, agent.config, (ip) => agent.isMemberHost(ip));
   app.register(registryRoutes(agent));
   app.register(lockRoutes(agent));
 
@@ -172,7 +174,7 @@ function answerBrokenRequest(error: Error & { code?: string }, socket: Socket): 
 }
 
 function sendError(reply: FastifyReply, error: MusterError): FastifyReply {
-  if (error.status === 503) reply.header("Retry-After", "1");
+  if (error.status === 503 || error.status === 429) reply.header("Retry-After", "1");
   return reply.code(error.status).send(error.toJSON());
 }
 

@@ -4,6 +4,7 @@ import type { Agent, Consistency } from "../agent.js";
 import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Instance, isHealthy } from "../fsm/registry.js";
+import { clientOf } from "./limits.js";
 import {
   formatDuration,
   HeartbeatBody,
@@ -116,12 +117,17 @@ async function blockingRead<T extends { index: number }>(
     query.wait === undefined ? defaultWaitMs : parseDuration(query.wait),
     maxWaitMs,
   );
-  const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
-  while (current.index <= query.index && !signal.aborted) {
-    await agent.watches.next(service, signal);
-    current = read();
+  const release = agent.watchQuota.enter(clientOf(reply.request));
+  try {
+    const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
+    while (current.index <= query.index && !signal.aborted) {
+      await agent.watches.next(service, signal);
+      current = read();
+    }
+    return current;
+  } finally {
+    release();
   }
-  return current;
 }
 
 function sendService(reply: FastifyReply, view: ServiceView, service: string) {
@@ -245,6 +251,7 @@ export function registryRoutes(agent: Agent) {
         // The first event reflects every write acknowledged before the watch began.
         await agent.read("default");
         const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
+        const release = agent.watchQuota.enter(clientOf(request));
         const stream = openEventStream(reply, agent.stalenessHeaders());
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
@@ -258,6 +265,7 @@ export function registryRoutes(agent: Agent) {
           }
         } finally {
           stream.close();
+          release();
         }
       },
     );

@@ -3,7 +3,7 @@ import { type CheckResult, checkOperations, registerModel } from "./linearizabil
 import { type Handover, type LockResult, probeHandover, runLockWorkload } from "./lock-workload.js";
 import { type FaultKind, injectFault } from "./nemesis.js";
 import { Random } from "./random.js";
-import { runTtlWorkload, type TtlResult, ttlArgs } from "./ttl-workload.js";
+import { latestBeyondStalls, runTtlWorkload, type TtlResult, ttlArgs } from "./ttl-workload.js";
 import {
   checkStaleMonotonic,
   observedValue,
@@ -40,7 +40,11 @@ export interface CampaignReport {
   readonly staleViolation: string | null;
   readonly converged: { appliedIndex: number; hash: string };
   readonly locks: (LockResult & { readonly handover: Handover | null }) | null;
-  readonly ttl: TtlResult | null;
+  readonly ttl:
+    | (Pick<TtlResult, "live" | "silent" | "latestMs" | "violations"> & {
+        readonly latestBeyondStallsMs: number;
+      })
+    | null;
 }
 
 /** Linearizable reads of every key through every node once the cluster has recovered. */
@@ -133,7 +137,21 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       staleViolation: checkStaleMonotonic(staleReads),
       converged,
       locks: lockResult === null ? null : { ...lockResult, handover },
-      ttl: ttlResult,
+      ttl:
+        ttlResult === null
+          ? null
+          : {
+              live: ttlResult.live,
+              silent: ttlResult.silent,
+              latestMs: ttlResult.latestMs,
+              latestBeyondStallsMs: latestBeyondStalls(
+                ttlResult,
+                history
+                  .filter((op) => op.input.op !== "read" && Number.isFinite(op.return))
+                  .map((op) => op.return),
+              ),
+              violations: ttlResult.violations,
+            },
     };
   } finally {
     await cluster.destroy();

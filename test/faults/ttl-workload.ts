@@ -26,7 +26,41 @@ export interface TtlResult {
    * behind when it took over adds that delay.
    */
   readonly latestMs: number;
+  /** Each silent instance: when its registration was sent and when it was first seen gone. */
+  readonly evictions: readonly { readonly registered: number; readonly gone: number }[];
+  /** When a leader of a new term was first seen. */
+  readonly takeovers: readonly number[];
   readonly violations: string[];
+}
+
+/** Acknowledgements further apart than this mean the cluster could not commit meanwhile. */
+const stallAfterMs = 300;
+
+/**
+ * How much later than the no-lag bound the latest eviction was seen, not counting time when
+ * the cluster could commit nothing (no quorum: nodes killed or paused, a member replaced),
+ * which no bound covers. `acknowledged`: when writes of another workload were acknowledged.
+ */
+export function latestBeyondStalls(result: TtlResult, acknowledged: readonly number[]): number {
+  const acks = [...acknowledged].sort((a, b) => a - b);
+  const stalled = (from: number, to: number) => {
+    let total = 0;
+    let previous = from;
+    for (const ack of acks) {
+      if (ack <= from) continue;
+      const end = Math.min(ack, to);
+      total += Math.max(0, end - previous - stallAfterMs);
+      previous = end;
+      if (ack >= to) return total;
+    }
+    return total + Math.max(0, to - previous - stallAfterMs);
+  };
+  let latest = 0;
+  for (const { registered, gone } of result.evictions) {
+    const late = gone - evictionDeadline(registered, result.takeovers);
+    latest = Math.max(latest, late - stalled(registered, gone));
+  }
+  return Math.round(latest);
 }
 
 /**
@@ -169,6 +203,7 @@ export async function runTtlWorkload(
     const elected = await takeovers;
     await polling;
     let latestMs = 0;
+    const evictions: { registered: number; gone: number }[] = [];
     for (const [id, at] of registeredAt) {
       const gone = goneAt.get(id);
       if (gone === undefined) {
@@ -183,11 +218,14 @@ export async function runTtlWorkload(
           `silent ${id} evicted ${Math.round(gone - at)} ms after registration, before its TTL and deregisterAfter`,
         );
       latestMs = Math.max(latestMs, gone - evictionDeadline(at, elected));
+      evictions.push({ registered: at, gone });
     }
     return {
       live: options.live,
       silent: registeredAt.size,
       latestMs: Math.round(latestMs),
+      evictions,
+      takeovers: elected,
       violations,
     };
   } finally {
