@@ -36,6 +36,7 @@ export interface AgentConfig {
   readonly rateLimit: number;
   readonly maxWatchesPerClient: number;
   readonly maxWatches: number;
+  readonly maxEventLoopDelayMs: number | null;
   /**
    * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
    * never a flag): "local-reads" answers every read from local state.
@@ -279,6 +280,12 @@ export function agentOptions(): Option[] {
       positiveInteger,
       "20000",
     ),
+    option(
+      "--max-event-loop-delay <duration>",
+      "answer 503 while the event loop lags more than this on average (default: never)",
+      "MUSTER_MAX_EVENT_LOOP_DELAY",
+      parseDuration,
+    ),
     option("--log-level <level>", "pino log level", "MUSTER_LOG_LEVEL", undefined, "info"),
   ];
 }
@@ -363,6 +370,8 @@ export function resolveConfig(command: Command): AgentConfig {
     rateLimit: Number(pick("rateLimit")),
     maxWatchesPerClient: Number(pick("maxWatchesPerClient")),
     maxWatches: Number(pick("maxWatches")),
+    maxEventLoopDelayMs:
+      pick("maxEventLoopDelay") === undefined ? null : duration("maxEventLoopDelay"),
     plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),
   };
 }

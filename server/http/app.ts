@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { RaftError } from "../../raft/node.js";
 import type { Agent } from "../agent.js";
 import { MusterError } from "../errors.js";
-import { limitRequests } from "./limits.js";
+import { limitRequests, shedLoad } from "./limits.js";
 import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
 import { MemberBody, SelfPreservationBody } from "./schemas.js";
@@ -93,6 +93,7 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
     },
   );
 
+  shedLoad(app, agent.config);
   limitRequests(app, agent.config, (ip) => agent.isMemberHost(ip));
   app.register(registryRoutes(agent));
   app.register(lockRoutes(agent));

@@ -1,4 +1,5 @@
 import rateLimit from "@fastify/rate-limit";
+import underPressure from "@fastify/under-pressure";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { MusterError } from "../errors.js";
 
@@ -9,6 +10,28 @@ export interface Limits {
   readonly maxWatchesPerClient: number;
   /** Blocking queries and watch streams this node holds open for everyone. */
   readonly maxWatches: number;
+  /** Mean event-loop delay over which requests are shed with 503; null: never. */
+  readonly maxEventLoopDelayMs: number | null;
+}
+
+/**
+ * Load shedding: while the event loop lags, requests get 503 with Retry-After, so that the
+ * node's time goes to Raft (whose heartbeats share the loop) and to requests already taken.
+ */
+export function shedLoad(app: FastifyInstance, limits: Limits): void {
+  if (limits.maxEventLoopDelayMs === null) return;
+  const limit = limits.maxEventLoopDelayMs;
+  app.register(underPressure, {
+    maxEventLoopDelay: limit,
+    sampleInterval: 250,
+    pressureHandler: (_request, _reply, _type, value) =>
+      Promise.reject(
+        new MusterError(
+          "MUSTER_ERR_OVERLOADED",
+          `this node is overloaded: its event loop lags ${Math.round(Number(value))} ms, over ${limit} ms (--max-event-loop-delay)`,
+        ),
+      ),
+  });
 }
 
 /** Set by a follower that forwards a write: the client was counted where it connected. */
