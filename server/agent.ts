@@ -308,7 +308,7 @@ export class Agent {
         if (leader !== undefined) {
           await fetch(`http://${leader.http}/v1/cluster/members`, {
             method: "POST",
-            headers: { "content-type": "application/json", [forwardedHeader]: "1" },
+            headers: { "content-type": "application/json", [forwardedHeader]: hostOf(own.http) },
             body: JSON.stringify(own),
             signal: AbortSignal.timeout(2000),
           });
@@ -498,9 +498,12 @@ export class Agent {
       const response = await fetch(`http://${leaderHttp}${request.url}`, {
         method: request.method,
         ...(request.body === undefined
-          ? { headers: { [forwardedHeader]: "1" } }
+          ? { headers: { [forwardedHeader]: this.clientOf(request) } }
           : {
-              headers: { "content-type": "application/json", [forwardedHeader]: "1" },
+              headers: {
+                "content-type": "application/json",
+                [forwardedHeader]: this.clientOf(request),
+              },
               body: JSON.stringify(request.body),
             }),
         // A client that goes away takes the forwarded request with it.
@@ -582,11 +585,20 @@ export class Agent {
     };
   }
 
+  /**
+   * The client a request comes from: its address, or for a request a member forwarded, the
+   * address of the client that member took it from.
+   */
+  clientOf(request: FastifyRequest): string {
+    const forwardedFor = request.headers[forwardedHeader];
+    return typeof forwardedFor === "string" && this.isMemberHost(request.ip)
+      ? forwardedFor
+      : request.ip;
+  }
+
   /** Whether `ip` is the host of a member's HTTP address (where forwarded requests come from). */
   isMemberHost(ip: string): boolean {
-    return this.fsm
-      .members()
-      .some((member) => member.http.slice(0, member.http.lastIndexOf(":")) === ip);
+    return this.fsm.members().some((member) => hostOf(member.http) === ip);
   }
 
   membersInfo(): unknown {
@@ -677,12 +689,19 @@ export function splitAddress(address: string): [string, number] {
 }
 
 /** A state machine refusal as the API's error. */
+/** "127.0.0.1:7700" -> "127.0.0.1". */
+function hostOf(address: string): string {
+  return address.slice(0, address.lastIndexOf(":"));
+}
+
 export function okOrThrow(
   outcome: RegistryResult & { index: number },
 ): Extract<RegistryResult, { ok: true }> & { index: number } {
   if (outcome.ok) return outcome;
-  throw new MusterError(
-    outcome.code === "conflict" ? "MUSTER_ERR_CONFLICT" : "MUSTER_ERR_NOT_FOUND",
-    outcome.message,
-  );
+  const codes = {
+    conflict: "MUSTER_ERR_CONFLICT",
+    "not-found": "MUSTER_ERR_NOT_FOUND",
+    "too-many": "MUSTER_ERR_TOO_MANY_REQUESTS",
+  } as const;
+  throw new MusterError(codes[outcome.code], outcome.message);
 }

@@ -36,6 +36,7 @@ export interface AgentConfig {
   readonly rateLimit: number;
   readonly maxWatchesPerClient: number;
   readonly maxWatches: number;
+  readonly maxSessionsPerClient: number;
   readonly maxEventLoopDelayMs: number | null;
   /**
    * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
@@ -281,6 +282,13 @@ export function agentOptions(): Option[] {
       "20000",
     ),
     option(
+      "--max-sessions-per-client <count>",
+      "sessions one client may hold in the cluster",
+      "MUSTER_MAX_SESSIONS_PER_CLIENT",
+      positiveInteger,
+      "1000",
+    ),
+    option(
       "--max-event-loop-delay <duration>",
       "answer 503 while the event loop lags more than this on average (default: never)",
       "MUSTER_MAX_EVENT_LOOP_DELAY",
@@ -370,6 +378,7 @@ export function resolveConfig(command: Command): AgentConfig {
     rateLimit: Number(pick("rateLimit")),
     maxWatchesPerClient: Number(pick("maxWatchesPerClient")),
     maxWatches: Number(pick("maxWatches")),
+    maxSessionsPerClient: Number(pick("maxSessionsPerClient")),
     maxEventLoopDelayMs:
       pick("maxEventLoopDelay") === undefined ? null : duration("maxEventLoopDelay"),
     plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),

@@ -7,6 +7,8 @@ export interface SessionSpec {
   readonly ttlMs: number;
   readonly behavior: SessionBehavior;
   readonly lockDelayMs: number;
+  /** The address of the client that created it, for the cap on sessions per client. */
+  readonly client: string;
 }
 
 export interface Session extends SessionSpec {
@@ -64,6 +66,7 @@ export interface StoredLocks {
 export class LockTable {
   private sessions = new Map<string, Session>();
   private locks = new Map<string, Lock>();
+  private sessionsByClient = new Map<string, number>();
 
   constructor(
     /** A lock changed: wake its watchers. */
@@ -89,10 +92,22 @@ export class LockTable {
     );
   }
 
+  /** Sessions that `client` created and that have not ended. */
+  sessionsOf(client: string): number {
+    return this.sessionsByClient.get(client) ?? 0;
+  }
+
   createSession(spec: SessionSpec, index: number): Session {
     const session = { ...spec, createIndex: index, ttlRemainingMs: spec.ttlMs };
     this.sessions.set(spec.id, session);
+    this.countClient(spec.client, 1);
     return session;
+  }
+
+  private countClient(client: string, change: number): void {
+    const count = this.sessionsOf(client) + change;
+    if (count === 0) this.sessionsByClient.delete(client);
+    else this.sessionsByClient.set(client, count);
   }
 
   renewCheckpoint(id: string, remainingMs: number): Session | undefined {
@@ -111,6 +126,7 @@ export class LockTable {
     const session = this.sessions.get(id);
     if (session === undefined) return undefined;
     this.sessions.delete(id);
+    this.countClient(session.client, -1);
     for (const [key, lock] of this.locks) {
       const held = lock.holder?.session === id;
       const waiting = lock.waiters.some((waiter) => waiter.session === id);
@@ -224,6 +240,8 @@ export class LockTable {
 
   restore(stored: StoredLocks | undefined): void {
     this.sessions = new Map((stored?.sessions ?? []).map((session) => [session.id, session]));
+    this.sessionsByClient = new Map();
+    for (const session of this.sessions.values()) this.countClient(session.client, 1);
     this.locks = new Map(
       (stored?.locks ?? []).map((lock) => [lockKey(lock.kind, lock.name), lock]),
     );

@@ -93,7 +93,12 @@ export type RegistryCommand =
       readonly now: number;
     }
   | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode }
-  | { readonly op: "session-create"; readonly session: SessionSpec }
+  /** Refused when the session's client already holds `maxPerClient` sessions. */
+  | {
+      readonly op: "session-create";
+      readonly session: SessionSpec;
+      readonly maxPerClient: number;
+    }
   | {
       readonly op: "session-end";
       readonly id: string;
@@ -133,7 +138,11 @@ export type RegistryResult =
       readonly session?: Session;
       readonly lock?: { readonly acquired: boolean; readonly lock: Lock };
     }
-  | { readonly ok: false; readonly code: "not-found" | "conflict"; readonly message: string };
+  | {
+      readonly ok: false;
+      readonly code: "not-found" | "conflict" | "too-many";
+      readonly message: string;
+    };
 
 /** Lease keys: what the lessor counts down, instances and sessions alike. */
 export function instanceLeaseKey(ref: InstanceRef): string {
@@ -328,6 +337,14 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         this.state.selfPreservation = command.mode;
         return { ok: true };
       case "session-create": {
+        const held = this.locks.sessionsOf(command.session.client);
+        if (held >= command.maxPerClient) {
+          return {
+            ok: false,
+            code: "too-many",
+            message: `client ${command.session.client} already holds ${held} sessions, the most allowed (--max-sessions-per-client)`,
+          };
+        }
         const session = this.locks.createSession(command.session, index);
         this.leaseChanged(sessionLeaseKey(session.id), session.ttlMs, null);
         return { ok: true, session };

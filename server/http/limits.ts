@@ -34,7 +34,10 @@ export function shedLoad(app: FastifyInstance, limits: Limits): void {
   });
 }
 
-/** Set by a follower that forwards a write: the client was counted where it connected. */
+/**
+ * Set by a member that forwards a request to the leader, to the address of the client it
+ * took the request from: limits count the client where it connected.
+ */
 export const forwardedHeader = "x-muster-forwarded";
 
 /** The client a request counts against: its address. */

@@ -199,7 +199,9 @@ export function lockRoutes(agent: Agent) {
                 ttlMs,
                 behavior: body.behavior ?? "release",
                 lockDelayMs,
+                client: agent.clientOf(request),
               },
+              maxPerClient: agent.config.maxSessionsPerClient,
             }),
           );
           if (result.session === undefined) throw new Error("session-create produced no session");

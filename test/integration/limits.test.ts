@@ -5,11 +5,16 @@ import { AgentCluster, eventually } from "./agents.js";
 const ids = ["n1", "n2", "n3"];
 const maxWatchesPerClient = 3;
 const rateLimit = 40;
+const maxSessionsPerClient = 2;
 let cluster: AgentCluster;
 
 beforeAll(async () => {
   cluster = await AgentCluster.create({
-    args: [`--max-watches-per-client=${maxWatchesPerClient}`, `--rate-limit=${rateLimit}`],
+    args: [
+      `--max-watches-per-client=${maxWatchesPerClient}`,
+      `--rate-limit=${rateLimit}`,
+      `--max-sessions-per-client=${maxSessionsPerClient}`,
+    ],
   });
   await cluster.bootstrap(ids);
   await cluster.leader();
@@ -180,5 +185,25 @@ describe("limits on the HTTP API", () => {
       async () => ((await send("n3", "/v1/services")).status === 200 ? true : undefined),
       5000,
     );
+  });
+
+  it("caps the sessions one client holds in the cluster, wherever it creates them", async () => {
+    const leader = await cluster.leader();
+    const follower = ids.find((id) => id !== leader) as string;
+    const create = (via: string, from: string) =>
+      send(via, "/v1/sessions", { method: "POST", body: { ttl: "30s" }, from });
+    // Through a follower, which forwards to the leader: counted as this client's, not the follower's.
+    for (let i = 0; i < maxSessionsPerClient; i++)
+      expect((await create(follower, "127.0.0.5")).status).toBe(200);
+    const refused = await create(leader, "127.0.0.5");
+    expect(refused.status).toBe(429);
+    expect(JSON.parse(refused.body)).toEqual({
+      error: {
+        code: "MUSTER_ERR_TOO_MANY_REQUESTS",
+        message: expect.stringContaining("--max-sessions-per-client"),
+      },
+    });
+    expect((await create(follower, "127.0.0.5")).status).toBe(429);
+    expect((await create(leader, "127.0.0.6")).status).toBe(200);
   });
 });

@@ -133,4 +133,43 @@ describe("registry state machine", () => {
       expect(fsm.tagKnown("web", "green")).toBe(false);
     }
   });
+
+  it("caps the sessions one client holds, counting only those that have not ended", () => {
+    const log = new Log();
+    const create = (id: string, client: string) =>
+      log.apply({
+        op: "session-create",
+        session: { id, name: "", ttlMs: 10_000, behavior: "release", lockDelayMs: 0, client },
+        maxPerClient: 2,
+      });
+    expect(create("a", "10.0.0.1")).toMatchObject({ ok: true });
+    expect(create("b", "10.0.0.1")).toMatchObject({ ok: true });
+    expect(create("c", "10.0.0.1")).toEqual({
+      ok: false,
+      code: "too-many",
+      message: expect.stringContaining("already holds 2 sessions"),
+    });
+    expect(log.fsm.locks.session("c")).toBeUndefined();
+    expect(create("d", "10.0.0.2")).toMatchObject({ ok: true });
+    log.apply({ op: "session-end", id: "a", reason: "deleted", now: 1 });
+    expect(create("e", "10.0.0.1")).toMatchObject({ ok: true });
+    // A node restored from a snapshot counts alike.
+    const restored = new Log();
+    restored.fsm.restore(log.fsm.snapshot());
+    restored.index = log.index;
+    expect(
+      restored.apply({
+        op: "session-create",
+        session: {
+          id: "f",
+          name: "",
+          ttlMs: 10_000,
+          behavior: "release",
+          lockDelayMs: 0,
+          client: "10.0.0.1",
+        },
+        maxPerClient: 2,
+      }),
+    ).toMatchObject({ ok: false, code: "too-many" });
+  });
 });

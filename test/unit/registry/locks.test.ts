@@ -8,8 +8,11 @@ function table() {
   const changed: string[] = [];
   const locks = new LockTable((key) => changed.push(key));
   let index = 0;
-  const session = (id: string, lockDelayMs = 1000) =>
-    locks.createSession({ id, name: "", ttlMs: 10_000, behavior: "release", lockDelayMs }, ++index);
+  const session = (id: string, lockDelayMs = 1000, client = "10.0.0.1") =>
+    locks.createSession(
+      { id, name: "", ttlMs: 10_000, behavior: "release", lockDelayMs, client },
+      ++index,
+    );
   return { locks, changed, session, next: () => ++index };
 }
 
