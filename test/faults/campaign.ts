@@ -72,6 +72,27 @@ async function finalReads(cluster: FaultCluster, keys: number): Promise<Registry
   return reads;
 }
 
+/** What an eviction may take beyond its bound: ticks, commits, polling, clock skew. */
+export const evictionSlackMs = 3000;
+
+/** Time for a lock grant's answer to come back, beyond the handover bound itself. */
+export const answerSlackMs = 500;
+
+/** Whether every check of a run held (the test checks each on its own, for its message). */
+export function campaignPassed(report: CampaignReport): boolean {
+  const handover = report.locks?.handover;
+  return (
+    report.linearizability.result === "ok" &&
+    report.staleViolation === null &&
+    (report.locks?.violations.length ?? 0) === 0 &&
+    (handover === null ||
+      handover === undefined ||
+      (handover.takeoverMs ?? Number.POSITIVE_INFINITY) <= handover.boundMs + answerSlackMs) &&
+    (report.ttl?.violations.length ?? 0) === 0 &&
+    (report.ttl?.latestBeyondStallsMs ?? 0) <= evictionSlackMs
+  );
+}
+
 /**
  * One run: a registry workload against three real agents while a seeded nemesis injects
  * faults; then recovery, convergence, and the checks. The fault schedule (kinds, victims,

@@ -1,5 +1,5 @@
 import { Command, InvalidArgumentError } from "commander";
-import { runCampaign } from "./campaign.js";
+import { campaignPassed, runCampaign } from "./campaign.js";
 import { type FaultKind, faultKinds } from "./nemesis.js";
 
 /** `npm run faults -- --minutes N [--seed S]`: a long fault campaign, one run per few minutes. */
@@ -49,13 +49,7 @@ while (Date.now() < end) {
   runs += 1;
   for (const [kind, count] of Object.entries(report.faults))
     totals[kind] = (totals[kind] ?? 0) + count;
-  const ok =
-    report.linearizability.result === "ok" &&
-    report.staleViolation === null &&
-    (report.locks?.violations.length ?? 0) === 0 &&
-    (report.locks?.handover?.takeoverMs ?? Number.POSITIVE_INFINITY) <=
-      (report.locks?.handover?.boundMs ?? 0) + 500 &&
-    (report.ttl?.violations.length ?? 0) === 0;
+  const ok = campaignPassed(report);
   if (!ok) failed += 1;
   console.log(
     `  ${ok ? "ok" : "FAILED"}: ${report.operations} operations, ${JSON.stringify(report.counts)}, ` +

@@ -43,17 +43,18 @@ const stallAfterMs = 300;
  */
 export function latestBeyondStalls(result: TtlResult, acknowledged: readonly number[]): number {
   const acks = [...acknowledged].sort((a, b) => a - b);
+  const gap = (length: number) => (length > stallAfterMs ? length : 0);
   const stalled = (from: number, to: number) => {
     let total = 0;
     let previous = from;
     for (const ack of acks) {
       if (ack <= from) continue;
       const end = Math.min(ack, to);
-      total += Math.max(0, end - previous - stallAfterMs);
+      total += gap(end - previous);
       previous = end;
       if (ack >= to) return total;
     }
-    return total + Math.max(0, to - previous - stallAfterMs);
+    return total + gap(to - previous);
   };
   let latest = 0;
   for (const { registered, gone } of result.evictions) {
