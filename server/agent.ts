@@ -1,3 +1,4 @@
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -22,7 +23,7 @@ import {
 } from "./fsm/registry.js";
 import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
-import { forwardedHeader, WatchQuota } from "./http/limits.js";
+import { forwardedHeader, forwardingKeyHeader, WatchQuota } from "./http/limits.js";
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
@@ -296,6 +297,8 @@ export class Agent {
     const recorded = this.fsm.member(this.config.nodeId);
     try {
       if (status.role === "leader") {
+        if (this.fsm.forwardingKey === null)
+          await this.propose({ op: "forwarding-key", key: randomBytes(32).toString("base64url") });
         if (recorded === undefined || JSON.stringify(recorded) !== JSON.stringify(own)) {
           await this.propose({ op: "member", member: own });
         }
@@ -308,7 +311,10 @@ export class Agent {
         if (leader !== undefined) {
           await fetch(`http://${leader.http}/v1/cluster/members`, {
             method: "POST",
-            headers: { "content-type": "application/json", [forwardedHeader]: hostOf(own.http) },
+            headers: {
+              "content-type": "application/json",
+              ...this.forwardingHeaders(hostOf(own.http)),
+            },
             body: JSON.stringify(own),
             signal: AbortSignal.timeout(2000),
           });
@@ -472,6 +478,8 @@ export class Agent {
             : await this.forward(request, goneSignal(), leader.http, answerWithinMs);
         if (answer !== null) {
           if (answer.retryAfter !== null) reply.header("Retry-After", answer.retryAfter);
+          // The write's index, which this node may not have applied yet.
+          if (answer.index !== null) reply.header("X-Muster-Index", answer.index);
           return reply.code(answer.status).send(answer.body);
         }
       } catch (error) {
@@ -493,27 +501,35 @@ export class Agent {
     gone: AbortSignal,
     leaderHttp: string,
     answerWithinMs: number,
-  ): Promise<{ status: number; body: unknown; retryAfter: string | null } | null> {
+  ): Promise<{
+    status: number;
+    body: unknown;
+    retryAfter: string | null;
+    index: string | null;
+  } | null> {
     try {
       const response = await fetch(`http://${leaderHttp}${request.url}`, {
         method: request.method,
         ...(request.body === undefined
-          ? { headers: { [forwardedHeader]: this.clientOf(request) } }
+          ? { headers: this.forwardingHeaders(this.clientOf(request)) }
           : {
               headers: {
                 "content-type": "application/json",
-                [forwardedHeader]: this.clientOf(request),
+                ...this.forwardingHeaders(this.clientOf(request)),
               },
               body: JSON.stringify(request.body),
             }),
         // A client that goes away takes the forwarded request with it.
         signal: AbortSignal.any([AbortSignal.timeout(answerWithinMs), gone]),
       });
-      if (response.status === 503) return null;
+      const body = (await response.json()) as { error?: { code?: string } };
+      // Only "no leader" is worth trying again here; an overloaded leader's answer goes back.
+      if (response.status === 503 && body.error?.code !== "MUSTER_ERR_OVERLOADED") return null;
       return {
         status: response.status,
-        body: await response.json(),
+        body,
         retryAfter: response.headers.get("retry-after"),
+        index: response.headers.get("x-muster-index"),
       };
     } catch {
       return null;
@@ -591,14 +607,27 @@ export class Agent {
    */
   clientOf(request: FastifyRequest): string {
     const forwardedFor = request.headers[forwardedHeader];
-    return typeof forwardedFor === "string" && this.isMemberHost(request.ip)
+    return typeof forwardedFor === "string" && this.forwardedByMember(request)
       ? forwardedFor
       : request.ip;
   }
 
-  /** Whether `ip` is the host of a member's HTTP address (where forwarded requests come from). */
-  isMemberHost(ip: string): boolean {
-    return this.fsm.members().some((member) => hostOf(member.http) === ip);
+  /** Whether a member forwarded `request`: it carries the cluster's forwarding key. */
+  forwardedByMember(request: FastifyRequest): boolean {
+    const key = this.fsm.forwardingKey;
+    const shown = request.headers[forwardingKeyHeader];
+    if (key === null || typeof shown !== "string") return false;
+    const [expected, given] = [Buffer.from(key), Buffer.from(shown)];
+    return expected.length === given.length && timingSafeEqual(expected, given);
+  }
+
+  /** What a request forwarded to the leader carries: its client, and the proof it is ours. */
+  private forwardingHeaders(client: string): Record<string, string> {
+    const key = this.fsm.forwardingKey;
+    return {
+      [forwardedHeader]: client,
+      ...(key === null ? {} : { [forwardingKeyHeader]: key }),
+    };
   }
 
   membersInfo(): unknown {
@@ -688,12 +717,12 @@ export function splitAddress(address: string): [string, number] {
   return [address.slice(0, at), Number(address.slice(at + 1))];
 }
 
-/** A state machine refusal as the API's error. */
 /** "127.0.0.1:7700" -> "127.0.0.1". */
 function hostOf(address: string): string {
   return address.slice(0, address.lastIndexOf(":"));
 }
 
+/** A state machine refusal as the API's error. */
 export function okOrThrow(
   outcome: RegistryResult & { index: number },
 ): Extract<RegistryResult, { ok: true }> & { index: number } {

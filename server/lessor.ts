@@ -107,6 +107,7 @@ export class Lessor {
       const aged = remainingMs - Math.max(0, lateMs - clockSkewAllowanceMs);
       this.observed.set(key, this.options.now() + aged);
     });
+    fsm.onRestore(() => this.observed.clear());
   }
 
   get isLeading(): boolean {

@@ -22,10 +22,10 @@ import type {
   Snapshot,
 } from "./types.js";
 
-/** A read waiting for a quorum to confirm that this node is still leader. */
 /** Ticks of the election timeout a lease gives up: one for tick granularity, one for clock drift. */
 const leaseMarginTicks = 2;
 
+/** A read waiting for a quorum to confirm that this node is still leader. */
 interface PendingRead {
   readonly requestId: number;
   readonly index: number;
@@ -881,7 +881,13 @@ export class Raft {
     const progress = this.progress.get(message.from);
     if (progress === undefined) return;
     progress.heardFrom();
-    const sent = this.heartbeatsSent.find((heartbeat) => heartbeat.context === message.context);
+    // Contexts of the heartbeats kept are consecutive: the answer's is found by position.
+    const first = this.heartbeatsSent[0]?.context ?? 0;
+    const sent = this.heartbeatsSent[message.context - first];
+    assert(
+      sent === undefined || sent.context === message.context,
+      "heartbeat contexts not consecutive",
+    );
     const leaseFrom = this.options.plantedBug === "lease-from-answer" ? this.clock : sent?.at;
     if (leaseFrom !== undefined && leaseFrom > progress.leaseSentAt)
       progress.leaseSentAt = leaseFrom;

@@ -93,6 +93,8 @@ export type RegistryCommand =
       readonly now: number;
     }
   | { readonly op: "self-preservation"; readonly mode: SelfPreservationMode }
+  /** The first leader makes the key once; later proposals (a race) change nothing. */
+  | { readonly op: "forwarding-key"; readonly key: string }
   /** Refused when the session's client already holds `maxPerClient` sessions. */
   | {
       readonly op: "session-create";
@@ -165,6 +167,8 @@ interface RegistryState {
   /** Index of the last change to any service: the list's index. */
   servicesIndex: number;
   selfPreservation: SelfPreservationMode;
+  /** Members prove with it that they forwarded a request (never served by the API). */
+  forwardingKey: string | null;
   appliedIndex: number;
 }
 
@@ -176,6 +180,7 @@ function emptyState(): RegistryState {
     serviceTags: new Map(),
     servicesIndex: 0,
     selfPreservation: "auto",
+    forwardingKey: null,
     appliedIndex: 0,
   };
 }
@@ -191,6 +196,8 @@ interface StoredRegistry {
   }[];
   readonly servicesIndex: number;
   readonly selfPreservation: SelfPreservationMode;
+  /** Absent from snapshots made before it existed. */
+  readonly forwardingKey?: string | null;
   readonly locks: StoredLocks;
   readonly appliedIndex: number;
 }
@@ -208,6 +215,7 @@ function toStored(state: RegistryState, locks: StoredLocks): StoredRegistry {
     })),
     servicesIndex: state.servicesIndex,
     selfPreservation: state.selfPreservation,
+    forwardingKey: state.forwardingKey,
     locks,
     appliedIndex: state.appliedIndex,
   };
@@ -228,6 +236,7 @@ function fromStored(stored: StoredRegistry): RegistryState {
   }
   state.servicesIndex = stored.servicesIndex;
   state.selfPreservation = stored.selfPreservation;
+  state.forwardingKey = stored.forwardingKey ?? null;
   state.appliedIndex = stored.appliedIndex;
   return state;
 }
@@ -243,6 +252,7 @@ export function encodeCommand(command: RegistryCommand): Uint8Array {
 export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private state = emptyState();
   private readonly listeners = new Set<(service: string | null, index: number) => void>();
+  private readonly restoreListeners = new Set<() => void>();
   private readonly leaseListeners = new Set<
     (key: string, remainingMs: number, at: number | null) => void
   >();
@@ -336,6 +346,9 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       case "self-preservation":
         this.state.selfPreservation = command.mode;
         return { ok: true };
+      case "forwarding-key":
+        this.state.forwardingKey ??= command.key;
+        return { ok: true };
       case "session-create": {
         const held = this.locks.sessionsOf(command.session.client);
         if (held >= command.maxPerClient) {
@@ -400,7 +413,8 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     this.put(stored);
     this.noteTags(spec);
     this.touch(spec.service, index);
-    this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs, now);
+    // The leader starts this countdown when the entry commits, not when it was proposed.
+    this.leaseChanged(instanceLeaseKey(stored), stored.ttlRemainingMs, null);
     return { ok: true, instance: stored };
   }
 
@@ -473,7 +487,14 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       data.length === 0 ? null : (JSON.parse(new TextDecoder().decode(data)) as StoredRegistry);
     this.state = stored === null ? emptyState() : fromStored(stored);
     this.locks.restore(stored?.locks);
+    for (const listener of this.restoreListeners) listener();
     this.notify(null, this.state.appliedIndex);
+  }
+
+  /** Called after a snapshot replaced the whole state: countdowns noted before are void. */
+  onRestore(listener: () => void): () => void {
+    this.restoreListeners.add(listener);
+    return () => this.restoreListeners.delete(listener);
   }
 
   /** A hash of the whole state, equal on replicas that applied the same log. */
@@ -529,6 +550,10 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
 
   get servicesIndex(): number {
     return this.state.servicesIndex;
+  }
+
+  get forwardingKey(): string | null {
+    return this.state.forwardingKey;
   }
 
   get selfPreservationMode(): SelfPreservationMode {

@@ -382,6 +382,8 @@ export class GrpcApi {
         return;
       }
       chain = chain.then(async () => {
+        // Messages queued behind one that did not decode are not acted on.
+        if (failed) return;
         const heartbeat = message.heartbeat as Fields | undefined;
         const session = message.session as string | undefined;
         const http: HttpCall | null =

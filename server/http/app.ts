@@ -94,7 +94,7 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
   );
 
   shedLoad(app, agent.config);
-  limitRequests(app, agent.config, (ip) => agent.isMemberHost(ip));
+  limitRequests(app, agent.config, (request) => agent.forwardedByMember(request));
   app.register(registryRoutes(agent));
   app.register(lockRoutes(agent));
 

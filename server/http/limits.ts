@@ -39,6 +39,8 @@ export function shedLoad(app: FastifyInstance, limits: Limits): void {
  * took the request from: limits count the client where it connected.
  */
 export const forwardedHeader = "x-muster-forwarded";
+/** The cluster's forwarding key, which proves that a member forwarded the request. */
+export const forwardingKeyHeader = "x-muster-forwarding-key";
 
 /** The client a request counts against: its address. */
 export function clientOf(request: FastifyRequest): string {
@@ -52,17 +54,15 @@ export function clientOf(request: FastifyRequest): string {
 export function limitRequests(
   app: FastifyInstance,
   limits: Limits,
-  /** Whether `ip` is the host of a cluster member (forwarded requests come from one). */
-  isMemberHost: (ip: string) => boolean,
+  /** Whether a member forwarded the request (its client was counted where it connected). */
+  forwardedByMember: (request: FastifyRequest) => boolean,
 ): void {
   if (limits.rateLimit === 0) return;
   app.register(rateLimit, {
     max: limits.rateLimit,
     timeWindow: 1000,
     keyGenerator: clientOf,
-    // Counted where the client connected; the header alone would let anyone skip the limit.
-    allowList: (request) =>
-      request.headers[forwardedHeader] !== undefined && isMemberHost(request.ip),
+    allowList: forwardedByMember,
     errorResponseBuilder: (_request, context) =>
       Object.assign(
         new MusterError(

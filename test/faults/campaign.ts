@@ -1,6 +1,13 @@
 import { FaultCluster, nodeIds } from "./fault-cluster.js";
 import { type CheckResult, checkOperations, registerModel } from "./linearizability.js";
-import { type Handover, type LockResult, probeHandover, runLockWorkload } from "./lock-workload.js";
+import {
+  type Handover,
+  type LockResult,
+  lockDelayMs,
+  probeHandover,
+  runLockWorkload,
+  sessionTtlMs,
+} from "./lock-workload.js";
 import { type FaultKind, injectFault } from "./nemesis.js";
 import { Random } from "./random.js";
 import { latestBeyondStalls, runTtlWorkload, type TtlResult, ttlArgs } from "./ttl-workload.js";
@@ -87,7 +94,8 @@ export function campaignPassed(report: CampaignReport): boolean {
     (report.locks?.violations.length ?? 0) === 0 &&
     (handover === null ||
       handover === undefined ||
-      (handover.takeoverMs ?? Number.POSITIVE_INFINITY) <= handover.boundMs + answerSlackMs) &&
+      ((handover.takeoverMs ?? Number.POSITIVE_INFINITY) <= handover.boundMs + answerSlackMs &&
+        (handover.takeoverMs ?? 0) >= sessionTtlMs + lockDelayMs)) &&
     (report.ttl?.violations.length ?? 0) === 0 &&
     (report.ttl?.latestBeyondStallsMs ?? 0) <= evictionSlackMs
   );

@@ -170,6 +170,8 @@ export async function probeHandover(cluster: FaultCluster): Promise<Handover> {
   };
   const acquire = (holder: string, wait: string) =>
     post(address, "/v1/locks/handover/acquire", { session: holder, value: holder, wait });
+  // The session's TTL starts when its creation applies, after this: so takeoverMs errs long,
+  // and falls below TTL + lockDelay only when the handover surely came early.
   const lastRenewal = performance.now();
   const holder = await session();
   const held = await acquire(holder, "0s");

@@ -23,6 +23,12 @@ afterAll(async () => {
   await cluster.destroy();
 });
 
+/**
+ * The tests' usual client: an address of its own, so that the harness's requests (from
+ * 127.0.0.1) never count against its limits.
+ */
+const testClient = "127.0.0.10";
+
 interface Answer {
   readonly status: number;
   readonly headers: IncomingMessage["headers"];
@@ -30,14 +36,20 @@ interface Answer {
 }
 
 /**
- * A request to node `id` from source address `from`: two loopback addresses stand for two
- * clients. With `hold`, the answer's head is returned at once and the connection stays open
- * until the signal aborts (a watch stream).
+ * A request to node `id` from source address `from` (default: testClient): loopback
+ * addresses stand for clients. A watch stream's answer is its head; its connection stays
+ * open until `signal` aborts.
  */
 function send(
   id: string,
   path: string,
-  options: { from?: string; method?: string; body?: unknown; signal?: AbortSignal } = {},
+  options: {
+    from?: string;
+    method?: string;
+    body?: unknown;
+    signal?: AbortSignal;
+    headers?: Record<string, string>;
+  } = {},
 ): Promise<Answer> {
   const [host, port] = cluster.get(id).http.split(":") as [string, string];
   const payload = options.body === undefined ? undefined : JSON.stringify(options.body);
@@ -48,8 +60,11 @@ function send(
         port: Number(port),
         path,
         method: options.method ?? "GET",
-        localAddress: options.from ?? "127.0.0.1",
-        headers: payload === undefined ? {} : { "content-type": "application/json" },
+        localAddress: options.from ?? testClient,
+        headers: {
+          ...options.headers,
+          ...(payload === undefined ? {} : { "content-type": "application/json" }),
+        },
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       },
       (response) => {
@@ -97,7 +112,7 @@ describe("limits on the HTTP API", () => {
       body: { address: "127.0.0.1", port: 80 },
     });
     expect(registered.status).toBe(200);
-    const index = Number(registered.headers["x-muster-index"]);
+    const index = Number((await send("n1", "/v1/services/web")).headers["x-muster-index"]);
     const hold = new AbortController();
     try {
       // Two blocking queries and one SSE stream: the client's whole allowance on n1.
@@ -205,5 +220,16 @@ describe("limits on the HTTP API", () => {
     });
     expect((await create(follower, "127.0.0.5")).status).toBe(429);
     expect((await create(leader, "127.0.0.6")).status).toBe(200);
+    // Claiming to be forwarded for someone else does not work without the members' key.
+    const spoofed = (i: number) =>
+      send(leader, "/v1/sessions", {
+        method: "POST",
+        body: { ttl: "30s" },
+        from: "127.0.0.7",
+        headers: { "x-muster-forwarded": `10.0.0.${i}`, "x-muster-forwarding-key": "guess" },
+      });
+    const statuses = [];
+    for (let i = 0; i <= maxSessionsPerClient; i++) statuses.push((await spoofed(i)).status);
+    expect(statuses).toEqual([200, 200, 429]);
   });
 });
