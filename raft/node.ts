@@ -11,6 +11,7 @@ import type {
   RaftStatus,
   Ready,
 } from "./core/types.js";
+import { LeaseClock } from "./lease-clock.js";
 import type { RaftStorage } from "./storage/storage.js";
 import type { RaftTransport } from "./transport/transport.js";
 
@@ -67,6 +68,9 @@ interface PendingRead extends Pending {
   index: number | null;
 }
 
+/** Ticks of the election timeout a lease gives up: one for tick granularity, one for drift. */
+const leaseMarginTicks = 2;
+
 function overwritten(): RaftError {
   return new RaftError("not-leader", "leadership changed before the entry committed");
 }
@@ -89,14 +93,16 @@ export class RaftNode<Result> {
   private stopped = false;
   /** performance.now() of the last message from the leader we follow. */
   private leaderContactAt: number | null = null;
-  /** performance.now() that the core's clock has reached, in whole ticks. */
-  private tickedUpTo = performance.now();
+  private readonly leaseClock: LeaseClock;
 
   private constructor(options: RaftNodeOptions<Result>, core: Raft, snapshotIndex: number) {
     this.options = options;
     this.core = core;
     this.applied = snapshotIndex;
     this.snapshotIndex = snapshotIndex;
+    this.leaseClock = new LeaseClock(
+      (options.raft.electionTicks - leaseMarginTicks) * options.tickIntervalMs,
+    );
     options.transport.onMessage((message) => this.receive(message));
     this.ticker = setInterval(() => this.tick(), options.tickIntervalMs);
     this.ticker.unref();
@@ -146,9 +152,8 @@ export class RaftNode<Result> {
    * from its own state without a round trip; otherwise it is a ReadIndex.
    */
   leaseRead(timeoutMs: number): Promise<number> {
-    // A timer that has not fired yet after a pause must not leave the lease looking fresh.
-    this.catchUpTicks();
-    if (this.stopped || !this.core.hasLease()) return this.readIndex(timeoutMs);
+    const leased = this.leaseClock.holds(this.core.leaseContext(), performance.now());
+    if (this.stopped || !leased) return this.readIndex(timeoutMs);
     const commit = this.core.status().commit;
     if (this.applied >= commit) return Promise.resolve(commit);
     return this.readIndex(timeoutMs);
@@ -234,22 +239,11 @@ export class RaftNode<Result> {
 
   private tick(): void {
     if (this.stopped) return;
-    this.catchUpTicks();
+    // One tick per timer call, however late: a node whose loop lags counts time slowly,
+    // which only makes it slower to start elections (leases are measured in real time).
+    this.guarded(() => this.core.tick());
     this.expire(this.proposals);
     this.expire(this.reads);
-  }
-
-  /** Tick the core once per interval elapsed, however late the timer fired. */
-  private catchUpTicks(): void {
-    const interval = this.options.tickIntervalMs;
-    const due = Math.floor((performance.now() - this.tickedUpTo) / interval);
-    if (due <= 0) return;
-    this.tickedUpTo += due * interval;
-    // After a pause (SIGSTOP, a long GC) two election timeouts run out every lease and timer.
-    const ticks = Math.min(due, 2 * this.options.raft.electionTicks);
-    this.guarded(() => {
-      for (let tick = 0; tick < ticks; tick++) this.core.tick();
-    });
   }
 
   private expire(pending: Map<number, Pending>): void {
@@ -298,6 +292,7 @@ export class RaftNode<Result> {
   private async runLoop(): Promise<void> {
     while (!this.stopped && this.core.hasReady()) {
       const ready = this.core.ready();
+      this.leaseClock.handedOut(ready.messages, performance.now());
       for (const message of ready.messages) this.options.transport.send(message);
       if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
         await this.options.storage.persist(ready);

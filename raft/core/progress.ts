@@ -19,8 +19,8 @@ export class Progress {
   pendingSnapshot = 0;
   /** Ticks since the peer last answered; CheckQuorum counts peers heard within an election timeout. */
   ticksSinceHeard = 0;
-  /** Core clock when the latest heartbeat this peer answered was sent; -1 before any. */
-  leaseSentAt = -1;
+  /** Context of the newest heartbeat of this leadership that the peer answered; 0 before any. */
+  answeredContext = 0;
   /** Last index of each append in flight, oldest first. */
   private readonly inflight: number[] = [];
 

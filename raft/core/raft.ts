@@ -22,9 +22,6 @@ import type {
   Snapshot,
 } from "./types.js";
 
-/** Ticks of the election timeout a lease gives up: one for tick granularity, one for clock drift. */
-const leaseMarginTicks = 2;
-
 /** A read waiting for a quorum to confirm that this node is still leader. */
 interface PendingRead {
   readonly requestId: number;
@@ -89,10 +86,8 @@ export class Raft {
   private snapshotElapsed = new Map<NodeId, number>();
   /** Appends to send at the next ready(): "entries" only to peers that lack some, "with-empty" to all. */
   private broadcastPending: "entries" | "with-empty" | null = null;
-  /** Ticks since this core started: the clock that leases are measured in. */
+  /** Ticks since this core started, up to an election timeout (for the restart quiet period). */
   private clock = 0;
-  /** Context of every heartbeat broadcast within the last election timeout, and its tick. */
-  private heartbeatsSent: { readonly context: number; readonly at: number }[] = [];
   /** A leadership transfer was started: voters may now elect another leader despite any lease. */
   private leaseForfeited = false;
   /** Started from a term some leader may have held: honour its lease as if just heard from. */
@@ -142,7 +137,7 @@ export class Raft {
 
   /** Advance logical time by one tick. */
   tick(): void {
-    this.clock++;
+    if (this.clock < this.options.electionTicks) this.clock++;
     this.electionElapsed++;
     if (this.role === "leader") {
       this.tickLeader();
@@ -478,21 +473,24 @@ export class Raft {
   }
 
   /**
-   * Whether this leader may answer reads from its own state: a quorum of voters answered
-   * heartbeats sent less than an election timeout (less a margin) ago, so none of them will
-   * vote for another leader yet. Leases count from when a heartbeat was sent, not answered,
-   * so that a delayed answer or a pause of this process cannot stretch one.
+   * The basis of a leader lease: the newest heartbeat context that a quorum of voters has
+   * answered (this leader counts as answering all). Each voter that answered refuses votes
+   * for an election timeout after it received that heartbeat, so the runtime may answer reads
+   * from local state until an election timeout (less a margin), counted from when it handed
+   * that heartbeat out, has passed. Null when no lease can hold: not leader, no entry of this
+   * term committed, a transfer started, or no CheckQuorum (without it followers do not refuse
+   * votes while they hear from a leader).
    */
-  hasLease(): boolean {
-    // Without CheckQuorum followers do not refuse votes while they hear from a leader.
-    if (!this.options.checkQuorum || this.role !== "leader" || this.leaseForfeited) return false;
-    if (this.log.term(this.log.commit) !== this.term) return false;
-    const oldest = this.clock - (this.options.electionTicks - leaseMarginTicks);
-    let fresh = 0;
-    for (const voter of this.config.voters) {
-      if (voter === this.id || (this.progress.get(voter)?.leaseSentAt ?? -1) > oldest) fresh++;
-    }
-    return fresh >= majority(this.config.voters.length);
+  leaseContext(): number | null {
+    if (!this.options.checkQuorum || this.role !== "leader" || this.leaseForfeited) return null;
+    if (this.log.term(this.log.commit) !== this.term) return null;
+    const answered = this.config.voters
+      .map((voter) =>
+        voter === this.id ? this.readContext : (this.progress.get(voter)?.answeredContext ?? 0),
+      )
+      .sort((a, b) => b - a);
+    const context = answered[majority(this.config.voters.length) - 1] ?? 0;
+    return context > 0 ? context : null;
   }
 
   private answerRead(origin: NodeId, requestId: number, index: number | null): void {
@@ -689,7 +687,6 @@ export class Raft {
       this.options.electionTicks + this.options.randomInt(this.options.electionTicks);
     this.transferTarget = null;
     this.leaseForfeited = false;
-    this.heartbeatsSent = [];
     this.readHeartbeatPending = false;
     this.votes = new Map();
     this.progress = new Map();
@@ -881,16 +878,7 @@ export class Raft {
     const progress = this.progress.get(message.from);
     if (progress === undefined) return;
     progress.heardFrom();
-    // Contexts of the heartbeats kept are consecutive: the answer's is found by position.
-    const first = this.heartbeatsSent[0]?.context ?? 0;
-    const sent = this.heartbeatsSent[message.context - first];
-    assert(
-      sent === undefined || sent.context === message.context,
-      "heartbeat contexts not consecutive",
-    );
-    const leaseFrom = this.options.plantedBug === "lease-from-answer" ? this.clock : sent?.at;
-    if (leaseFrom !== undefined && leaseFrom > progress.leaseSentAt)
-      progress.leaseSentAt = leaseFrom;
+    if (message.context > progress.answeredContext) progress.answeredContext = message.context;
     if (progress.match < this.log.lastIndex()) this.sendAppend(message.from, true);
     this.acknowledgeReads(message.from, message.context);
   }
@@ -967,9 +955,6 @@ export class Raft {
   /** Returns the heartbeat's context: an answer carrying it or a later one confirms reads. */
   private broadcastHeartbeat(): number {
     const context = ++this.readContext;
-    const expired = this.clock - this.options.electionTicks;
-    while ((this.heartbeatsSent[0]?.at ?? this.clock) < expired) this.heartbeatsSent.shift();
-    this.heartbeatsSent.push({ context, at: this.clock });
     for (const [peer, progress] of this.progress) {
       if (peer === this.id) continue;
       this.send({

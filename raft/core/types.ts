@@ -147,8 +147,7 @@ export type PlantedBug =
   | "vote-without-log-check"
   | "vote-before-persist"
   | "apply-before-commit"
-  | "read-before-term-commit"
-  | "lease-from-answer";
+  | "read-before-term-commit";
 
 export interface RaftOptions {
   readonly id: NodeId;

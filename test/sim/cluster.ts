@@ -9,6 +9,7 @@ import type {
   RaftOptions,
   Ready,
 } from "../../raft/core/types.js";
+import { LeaseClock } from "../../raft/lease-clock.js";
 import { withBatch, withSnapshot } from "../../raft/storage/persisted-log.js";
 import {
   type AppState,
@@ -26,6 +27,11 @@ import { Prng } from "./prng.js";
 /** Simulated time units per Raft tick. */
 const unitsPerTick = 10;
 const electionTicks = 10;
+/** Leases as the runtime keeps them: an election timeout less two ticks. */
+function newLeaseClock(): LeaseClock {
+  return new LeaseClock((electionTicks - 2) * unitsPerTick);
+}
+
 /** Once healed, a leader must be elected and a proposal applied everywhere within this many ticks. */
 export const livenessBoundTicks = 30 * electionTicks;
 
@@ -152,6 +158,8 @@ interface SimNode {
   /** Bumped on every crash, so that events of an earlier life are ignored. */
   life: number;
   core: Raft | null;
+  /** The runtime's lease bookkeeping, in simulated time; new with each start. */
+  lease: LeaseClock;
   durable: PersistedState;
   persisting: Ready | null;
   app: AppState;
@@ -347,6 +355,7 @@ export class Simulation {
       retired: false,
       life: 0,
       core: null,
+      lease: newLeaseClock(),
       durable: state,
       persisting: null,
       app: { index: 0, hash: 0 },
@@ -376,6 +385,7 @@ export class Simulation {
   private start(node: SimNode): void {
     const durable = node.durable;
     node.core = new Raft(this.raftOptions(node), durable);
+    node.lease = newLeaseClock();
     node.up = true;
     node.persisting = null;
     node.app = durable.snapshot === null ? { index: 0, hash: 0 } : decodeApp(durable.snapshot.data);
@@ -432,6 +442,7 @@ export class Simulation {
       this.crashAndRestart(node);
       return;
     }
+    node.lease.handedOut(ready.messages, this.now);
     for (const message of ready.messages) this.send(message);
     node.persisting = ready;
     const newVote =
@@ -699,7 +710,7 @@ export class Simulation {
     const up = this.upNodes();
     if (up.length === 0) return;
     const node = this.prng.pick(up);
-    if (this.prng.chance(0.5) && node.core.hasLease()) {
+    if (this.prng.chance(0.5) && node.lease.holds(node.core.leaseContext(), this.now)) {
       // A lease read is answered at once from the leader's commit index, as the runtime does.
       this.checker.readServed(node.id, node.core.status().commit, this.checker.maxCommit);
       this.counts.leaseReadsServed++;

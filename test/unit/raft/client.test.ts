@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Message, PlantedBug } from "../../../raft/core/types.js";
+import { LeaseClock } from "../../../raft/lease-clock.js";
 import { electionTicks, Network, sentOfType, texts } from "./harness.js";
 
 /** n1 wins term 2 but its no-op entry reaches nobody, and a read is asked of it. */
@@ -136,9 +137,29 @@ describe("Raft §8: requests made on a follower", () => {
 });
 
 describe("leader leases (Raft thesis §6.4.1)", () => {
-  /** n1 leads with CheckQuorum; it sends one heartbeat, whose answers are held back. */
-  function heartbeatAnswersHeld(plantedBug?: PlantedBug): { network: Network; held: Message[] } {
-    const network = new Network(3, { checkQuorum: true, ...(plantedBug ? { plantedBug } : {}) });
+  /** The context of the newest heartbeat n1 sent. */
+  const lastHeartbeat = (network: Network) =>
+    sentOfType(network, "heartbeat")
+      .filter((m) => m.from === "n1")
+      .at(-1)?.context ?? 0;
+
+  it("rest on the newest heartbeat a quorum of voters answered", () => {
+    const network = new Network(3, { checkQuorum: true });
+    network.electLeader("n1");
+    expect(network.raft("n1").leaseContext()).toBeNull();
+    network.tickAll();
+    const answered = lastHeartbeat(network);
+    expect(answered).toBeGreaterThan(0);
+    expect(network.raft("n1").leaseContext()).toBe(answered);
+    // Cut off, the leader sends newer heartbeats; its lease still rests on the answered one.
+    network.isolate("n1");
+    network.tickAll(3);
+    expect(lastHeartbeat(network)).toBeGreaterThan(answered);
+    expect(network.raft("n1").leaseContext()).toBe(answered);
+  });
+
+  it("a late answer counts for the heartbeat it answers, not a newer one", () => {
+    const network = new Network(3, { checkQuorum: true });
     network.electLeader("n1");
     const held: Message[] = [];
     network.dropIf((m) => {
@@ -146,66 +167,37 @@ describe("leader leases (Raft thesis §6.4.1)", () => {
       held.push(m);
       return true;
     });
-    network.tick("n1");
-    network.settle();
-    return { network, held };
-  }
-
-  it("holds once a quorum answered a heartbeat, for an election timeout less two ticks from its sending", () => {
-    const network = new Network(3, { checkQuorum: true });
-    network.electLeader("n1");
-    expect(network.raft("n1").hasLease()).toBe(false);
     network.tickAll();
-    expect(network.raft("n1").hasLease()).toBe(true);
-    network.isolate("n1");
-    let ticks = 0;
-    while (network.raft("n1").hasLease() && ticks < 2 * electionTicks) {
-      network.tick("n1");
-      ticks++;
-    }
-    expect(ticks).toBe(electionTicks - 2);
-    expect(network.status("n1").role).toBe("leader");
+    const first = lastHeartbeat(network);
+    network.tickAll(3);
+    expect(network.raft("n1").leaseContext()).toBeNull();
+    for (const answer of held.filter((m) => m.type === "heartbeat-response" && m.context === first))
+      network.inject(answer);
+    expect(network.raft("n1").leaseContext()).toBe(first);
+    expect(lastHeartbeat(network)).toBeGreaterThan(first);
   });
 
-  it("counts from when the heartbeat was sent, not from when a late answer came", () => {
-    const { network, held } = heartbeatAnswersHeld();
-    expect(held.map((m) => m.from).sort()).toEqual(["n2", "n3"]);
-    network.tick("n1", electionTicks - 3);
-    for (const answer of held) network.inject(answer);
-    expect(network.raft("n1").hasLease()).toBe(true);
-    network.tick("n1");
-    expect(network.raft("n1").hasLease()).toBe(false);
-  });
-
-  it("catches a lease counted from the answer (planted bug)", () => {
-    const { network, held } = heartbeatAnswersHeld("lease-from-answer");
-    network.tick("n1", electionTicks - 3);
-    for (const answer of held) network.inject(answer);
-    network.tick("n1");
-    expect(network.raft("n1").hasLease()).toBe(true);
-  });
-
-  it("is given up when a leadership transfer starts, since voters then elect the target at once", () => {
+  it("are given up when a leadership transfer starts, since voters then elect the target at once", () => {
     const network = new Network(3, { checkQuorum: true });
     network.electLeader("n1");
     network.tickAll();
-    expect(network.raft("n1").hasLease()).toBe(true);
+    expect(network.raft("n1").leaseContext()).not.toBeNull();
     network.dropIf((m) => m.type === "timeout-now");
     expect(network.raft("n1").transferLeadership("n2")).toBe(true);
     network.settle();
     network.tickAll();
     expect(network.status("n1").role).toBe("leader");
-    expect(network.raft("n1").hasLease()).toBe(false);
+    expect(network.raft("n1").leaseContext()).toBeNull();
   });
 
-  it("holds only with CheckQuorum, without which followers do not refuse votes", () => {
+  it("hold only with CheckQuorum, without which followers do not refuse votes", () => {
     const network = new Network(3);
     network.electLeader("n1");
     network.tickAll();
-    expect(network.raft("n1").hasLease()).toBe(false);
+    expect(network.raft("n1").leaseContext()).toBeNull();
   });
 
-  it("survives a voter's restart: the restarted voter refuses votes for an election timeout", () => {
+  it("survive a voter's restart: the restarted voter refuses votes for an election timeout", () => {
     const network = new Network(3, { checkQuorum: true });
     network.electLeader("n1");
     network.tickAll();
@@ -219,5 +211,36 @@ describe("leader leases (Raft thesis §6.4.1)", () => {
     expect(network.status("n2").term).toBe(term);
     network.tickAll(3 * electionTicks);
     expect(network.leaders().filter((id) => id !== "n1")).toHaveLength(1);
+  });
+});
+
+describe("LeaseClock: leases in real time", () => {
+  const heartbeat = (context: number): Message => ({
+    from: "n1",
+    to: "n2",
+    term: 2,
+    type: "heartbeat",
+    commit: 0,
+    context,
+  });
+
+  it("holds for its duration from when the heartbeat was first handed out", () => {
+    const clock = new LeaseClock(100);
+    clock.handedOut([heartbeat(1)], 1000);
+    // Handed out again later (to another peer): the first time counts.
+    clock.handedOut([heartbeat(1), heartbeat(2)], 1050);
+    expect(clock.holds(1, 1099)).toBe(true);
+    expect(clock.holds(1, 1100)).toBe(false);
+    expect(clock.holds(2, 1149)).toBe(true);
+    expect(clock.holds(3, 1000)).toBe(false);
+    expect(clock.holds(null, 1000)).toBe(false);
+  });
+
+  it("forgets heartbeats too old to give a lease", () => {
+    const clock = new LeaseClock(100);
+    clock.handedOut([heartbeat(1)], 0);
+    clock.handedOut([heartbeat(2)], 500);
+    expect(clock.holds(1, 50)).toBe(false);
+    expect(clock.holds(2, 550)).toBe(true);
   });
 });

@@ -83,7 +83,6 @@ describe("RaftNode runtime over an in-memory network", () => {
     cluster.network.setIsolated(leader.node.id, true);
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
     await expect(leader.node.leaseRead(100)).rejects.toBeInstanceOf(RaftError);
-    expect(leader.node.status().role).not.toBe("leader");
     cluster.network.setIsolated(leader.node.id, false);
   });
 
