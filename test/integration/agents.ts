@@ -45,9 +45,14 @@ const portBlock = (() => {
   return { first, size };
 })();
 
+/** Ports this process handed out: never twice, even to checks running at the same time. */
+const handedOut = new Set<number>();
+
 async function freePort(): Promise<number> {
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = portBlock.first + Math.floor(Math.random() * portBlock.size);
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
     const free = await new Promise<boolean>((resolve) => {
       const server = createServer();
       server.once("error", () => resolve(false));
