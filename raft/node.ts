@@ -298,6 +298,7 @@ export class RaftNode<Result> {
         await this.options.storage.persist(ready);
       }
       if (this.stopped) return;
+      this.leaseClock.handedOut(ready.messagesAfterPersist, performance.now());
       for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
       this.apply(ready);
       this.core.advance(ready);

@@ -465,6 +465,7 @@ export class Simulation {
   private persisted(node: SimNode, life: number, ready: Ready): void {
     if (!this.alive(node, life)) return;
     this.writeDurable(node, ready);
+    node.lease.handedOut(ready.messagesAfterPersist, this.now);
     for (const message of ready.messagesAfterPersist) this.send(message);
     if (ready.snapshot !== null) {
       this.checker.installedSnapshot(node.id, ready.snapshot);
