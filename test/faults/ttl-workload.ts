@@ -21,13 +21,13 @@ export interface TtlResult {
   readonly live: number;
   readonly silent: number;
   /**
-   * How much later than the no-lag bound (see evictionDeadline) the latest eviction was seen:
-   * a new leader resumes countdowns from its own observations, so one that was restarted or
-   * behind when it took over adds that delay.
+   * How much later than the no-lag bound (see evictionDeadline), counted from the
+   * registration's acknowledgement, the latest eviction was seen; includes time without a
+   * quorum.
    */
   readonly latestMs: number;
-  /** Each silent instance: when its registration was sent and when it was first seen gone. */
-  readonly evictions: readonly { readonly registered: number; readonly gone: number }[];
+  /** Each silent instance: when its registration was acknowledged and when it was first seen gone. */
+  readonly evictions: readonly { readonly acknowledged: number; readonly gone: number }[];
   /** When a leader of a new term was first seen. */
   readonly takeovers: readonly number[];
   readonly violations: string[];
@@ -56,9 +56,9 @@ export function latestBeyondStalls(result: TtlResult, acknowledged: readonly num
     return total;
   };
   let latest = 0;
-  for (const { registered, gone } of result.evictions) {
-    const late = gone - evictionDeadline(registered, result.takeovers);
-    latest = Math.max(latest, late - stalled(registered, gone));
+  for (const { acknowledged, gone } of result.evictions) {
+    const late = gone - evictionDeadline(acknowledged, result.takeovers);
+    latest = Math.max(latest, late - stalled(acknowledged, gone));
   }
   return Math.round(latest);
 }
@@ -203,7 +203,7 @@ export async function runTtlWorkload(
     const elected = await takeovers;
     await polling;
     let latestMs = 0;
-    const evictions: { registered: number; gone: number }[] = [];
+    const evictions: { acknowledged: number; gone: number }[] = [];
     for (const [id, at] of registeredAt) {
       const gone = goneAt.get(id);
       if (gone === undefined) {
@@ -217,8 +217,11 @@ export async function runTtlWorkload(
         violations.push(
           `silent ${id} evicted ${Math.round(gone - at)} ms after registration, before its TTL and deregisterAfter`,
         );
-      latestMs = Math.max(latestMs, gone - evictionDeadline(at, elected));
-      evictions.push({ registered: at, gone });
+      // Late or not is judged from the acknowledgement: the client may have retried for a
+      // while, and the registration took effect no later than it was acknowledged.
+      const acknowledged = acknowledgedAt.get(id) ?? at;
+      latestMs = Math.max(latestMs, gone - evictionDeadline(acknowledged, elected));
+      evictions.push({ acknowledged, gone });
     }
     return {
       live: options.live,
