@@ -80,10 +80,10 @@ async function finalReads(cluster: FaultCluster, keys: number): Promise<Registry
 }
 
 /**
- * What an eviction may take beyond its bound once stalls are taken out: ticks, commits,
- * polling, clock skew, and a residue not explained yet (up to 3.8 s seen in long campaigns).
+ * What an eviction may take beyond its bound once stalls are taken out: the lessor's tick,
+ * the commits, the polling and the 500 ms clock-skew allowance (0.3-0.8 s seen).
  */
-export const evictionSlackMs = 5000;
+export const evictionSlackMs = 2000;
 
 /** Time for a lock grant's answer to come back, beyond the handover bound itself. */
 export const answerSlackMs = 500;
