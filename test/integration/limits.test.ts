@@ -1,8 +1,12 @@
 import { request as httpRequest, type IncomingMessage } from "node:http";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentCluster, eventually } from "./agents.js";
 
 const ids = ["n1", "n2", "n3"];
+const protoFile = fileURLToPath(new URL("../../proto/muster/v1/muster.proto", import.meta.url));
 const maxWatchesPerClient = 3;
 const rateLimit = 40;
 const maxSessionsPerClient = 2;
@@ -231,5 +235,53 @@ describe("limits on the HTTP API", () => {
     const statuses = [];
     for (let i = 0; i <= maxSessionsPerClient; i++) statuses.push((await spoofed(i)).status);
     expect(statuses).toEqual([200, 200, 429]);
+  });
+
+  // The gRPC client connects from 127.0.0.1 (grpc-js cannot choose its source address), so
+  // this shows the cap applies to gRPC watches, not which address they count against.
+  it("caps gRPC watches like HTTP ones: RESOURCE_EXHAUSTED with muster-code", async () => {
+    const Registry = (
+      grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
+        muster: {
+          v1: {
+            Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
+          };
+        };
+      }
+    ).muster.v1.Registry;
+    const registry = new Registry(
+      cluster.get("n3").grpc,
+      grpc.credentials.createInsecure(),
+    ) as grpc.Client & {
+      watch(request: { service: string }): grpc.ClientReadableStream<unknown>;
+    };
+    const streams: grpc.ClientReadableStream<unknown>[] = [];
+    try {
+      const open = () => {
+        const stream = registry.watch({ service: "web" });
+        stream.on("data", () => undefined);
+        streams.push(stream);
+        return new Promise<grpc.ServiceError | null>((resolve) => {
+          stream.on("error", (error: grpc.ServiceError) => resolve(error));
+          stream.on("end", () => resolve(null));
+        });
+      };
+      const ended = [open(), open(), open()];
+      await watchersOn("n3", maxWatchesPerClient);
+      const refused = await open();
+      expect(refused?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(refused?.metadata.get("muster-code")).toEqual(["MUSTER_ERR_TOO_MANY_REQUESTS"]);
+      // An HTTP client at another address may still watch on the same node.
+      const hold = new AbortController();
+      const parked = send("n3", "/v1/services/web?index=100000&wait=30s", { signal: hold.signal });
+      await watchersOn("n3", maxWatchesPerClient + 1);
+      hold.abort();
+      await parked;
+      for (const stream of streams) stream.cancel();
+      await Promise.all(ended);
+    } finally {
+      for (const stream of streams) stream.cancel();
+      registry.close();
+    }
   });
 });
