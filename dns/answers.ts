@@ -36,6 +36,8 @@ export interface RegistryView {
   service(name: string): { readonly known: boolean; readonly instances: readonly Instance[] };
   /** Whether an instance of the service ever carried the tag (as far as this node saw). */
   tagKnown(service: string, tag: string): boolean;
+  /** Whether DNS may answer for the service: ACLs' anonymous token reads it. */
+  readable(service: string): boolean;
 }
 
 export interface AnswerOptions {
@@ -60,6 +62,9 @@ export function answer(
 ): DnsAnswer {
   const soa = [soaRecord(options)];
   const empty = { answers: [], additionals: [] };
+  // REFUSED, not NXDOMAIN: the name may exist, and a denial must not be cached as its absence.
+  if ((name.kind === "instance" || name.kind === "service") && !registry.readable(name.service))
+    return { rcode: rcodes.refused, ...empty, authorities: [] };
   switch (name.kind) {
     case "outside":
       return { rcode: rcodes.refused, ...empty, authorities: [] };

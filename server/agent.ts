@@ -1,4 +1,4 @@
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -9,6 +9,8 @@ import { bootstrapState, joiningState } from "../raft/core/raft.js";
 import { RaftError, RaftNode } from "../raft/node.js";
 import { LevelStorage } from "../raft/storage/level-storage.js";
 import { GrpcTransport } from "../raft/transport/grpc-transport.js";
+import { AclResolver, hashSecret } from "./acl/resolver.js";
+import { describePermission, type Permission } from "./acl/rules.js";
 import type { AgentConfig } from "./config.js";
 import { MusterError } from "./errors.js";
 import {
@@ -49,6 +51,7 @@ export class Agent {
   readonly watches = new Watches();
   readonly watchQuota: WatchQuota;
   readonly metrics: Metrics;
+  readonly acl: AclResolver;
   private readonly lessor: Lessor;
   private lessorTimer: NodeJS.Timeout | null = null;
   private knownLeader: string | null = null;
@@ -67,6 +70,7 @@ export class Agent {
     private clusterId: string,
   ) {
     this.watchQuota = new WatchQuota(config);
+    this.acl = new AclResolver(config.aclEnabled, this.fsm.acl);
     this.metrics = new Metrics(
       () => {
         const status = this.node.status();
@@ -151,7 +155,10 @@ export class Agent {
   ): Promise<{ clusterId: string; peers: Map<string, string> }> {
     const response = await fetch(`http://${config.join}/v1/cluster/members`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: {
+        "content-type": "application/json",
+        ...(config.aclToken === null ? {} : { authorization: `Bearer ${config.aclToken}` }),
+      },
       body: JSON.stringify(ownAddresses(config)),
       signal: AbortSignal.timeout(10_000),
     });
@@ -221,7 +228,7 @@ export class Agent {
         process.exit(70);
       },
     });
-    const dnsView = new RegistryDnsView(this.fsm);
+    const dnsView = new RegistryDnsView(this.fsm, this.acl);
     this.dns = await DnsServer.start({
       listen: config.dns,
       domain: config.dnsDomain,
@@ -243,11 +250,12 @@ export class Agent {
     const [host, port] = splitAddress(config.http);
     await this.http.listen({ host, port });
     this.grpc = await GrpcApi.start(config.grpc, {
-      http: async (call, client) => {
+      http: async (call, caller) => {
         const answer = await this.http.inject({
           method: call.method,
           url: call.url,
-          remoteAddress: client,
+          remoteAddress: caller.address,
+          ...(caller.token === null ? {} : { headers: { "x-muster-token": caller.token } }),
           ...(call.body === undefined ? {} : { payload: call.body as object }),
         });
         return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
@@ -299,6 +307,7 @@ export class Agent {
       if (status.role === "leader") {
         if (this.fsm.forwardingKey === null)
           await this.propose({ op: "forwarding-key", key: randomBytes(32).toString("base64url") });
+        if (this.config.aclEnabled && !this.fsm.acl.isBootstrapped) await this.bootstrapAcl();
         if (recorded === undefined || JSON.stringify(recorded) !== JSON.stringify(own)) {
           await this.propose({ op: "member", member: own });
         }
@@ -323,6 +332,46 @@ export class Agent {
     } catch (error) {
       this.logger.debug({ err: error }, "housekeeping will retry");
     }
+  }
+
+  /** The first leader with ACLs on makes the management token; a secret it made is logged once. */
+  private async bootstrapAcl(): Promise<void> {
+    const given = this.config.aclBootstrapToken;
+    const secret = given ?? randomBytes(24).toString("base64url");
+    const result = await this.propose({
+      op: "acl-bootstrap",
+      accessor: randomUUID(),
+      secretHash: hashSecret(secret),
+    });
+    if (!result.ok || result.token === undefined) return;
+    this.logger.warn(
+      {
+        event: "acl-bootstrap",
+        accessor: result.token.accessor,
+        ...(given === null ? { secret } : {}),
+      },
+      given === null
+        ? "ACL management token made; its secret is shown this once: %s"
+        : "ACL management token made from --acl-bootstrap-token",
+      given === null ? secret : "",
+    );
+  }
+
+  /** A request ACLs refused: logged and counted. */
+  denied(request: FastifyRequest, permission: Permission | null, accessor: string | null): void {
+    this.metrics.aclDenials.inc({ resource: permission?.resource ?? "token" });
+    this.logger.warn(
+      {
+        event: "acl-denied",
+        method: request.method,
+        route: request.routeOptions.url,
+        client: this.clientOf(request),
+        accessor,
+        permission: permission === null ? null : describePermission(permission),
+      },
+      permission === null ? "denied: unknown token" : "denied: lacks %s",
+      permission === null ? "" : describePermission(permission),
+    );
   }
 
   private async promoteCaughtUpLearner(): Promise<void> {

@@ -1,4 +1,6 @@
 import { Command, InvalidArgumentError, Option } from "commander";
+import { type AclRule, parseRule } from "./acl/rules.js";
+import * as acl from "./acl-commands.js";
 import type { Agent } from "./agent.js";
 import { agentOptions, parseDuration, resolveConfig } from "./config.js";
 import {
@@ -106,8 +108,16 @@ function durationOption(flags: string, description: string, fallback?: string): 
   return fallback === undefined ? option : option.default(parseDuration(fallback), fallback);
 }
 
+/** The ACL token every client subcommand sends. */
+function tokenOption(): Option {
+  return new Option("--token <secret>", "ACL token (when the cluster has ACLs on)").env(
+    "MUSTER_TOKEN",
+  );
+}
+
 interface LockCliOptions {
   http: string[];
+  token?: string;
   ttl: number;
   lockDelay?: number;
   wait: number;
@@ -165,6 +175,7 @@ function lockSubcommand(kind: LockCommandKind): Command {
         .argParser(parseHttpAddresses)
         .default(["127.0.0.1:7700"], "127.0.0.1:7700"),
     )
+    .addOption(tokenOption())
     .addOption(durationOption("--ttl <duration>", "session TTL, renewed every third of it", "15s"))
     .addOption(
       durationOption(
@@ -192,6 +203,7 @@ function lockSubcommand(kind: LockCommandKind): Command {
         waitMs: options.wait,
         ...(options.value === undefined ? {} : { value: options.value }),
         requestTimeoutMs: options.requestTimeout,
+        token: options.token || null,
         command: args,
       });
       process.exit(status);
@@ -211,6 +223,7 @@ function clientCommand(name: string, description: string): Command {
         .argParser(parseHttpAddresses)
         .default(["127.0.0.1:7700"], "127.0.0.1:7700"),
     )
+    .addOption(tokenOption())
     .option("--json", "print the API's JSON instead of a table");
 }
 
@@ -224,8 +237,12 @@ function print(run: () => Promise<string>): Promise<void> {
   );
 }
 
-type ClientOptions = { http: string[]; json?: boolean };
-const output = (options: ClientOptions) => ({ http: options.http, json: options.json === true });
+type ClientOptions = { http: string[]; json?: boolean; token?: string };
+const output = (options: ClientOptions) => ({
+  http: options.http,
+  json: options.json === true,
+  token: options.token || null,
+});
 
 program.addCommand(
   clientCommand("members", "the cluster's members, their roles and addresses").action(
@@ -296,6 +313,92 @@ program.addCommand(
     .argument("<id>", "instance id")
     .action((service: string, id: string, options: ClientOptions) =>
       print(() => people.deregister(output(options), service, id)),
+    ),
+);
+
+const aclCommand = program
+  .command("acl")
+  .description("ACL tokens and policies (the cluster must run with --acl-enabled)");
+const aclPolicy = aclCommand.command("policy").description("policies: rules on name prefixes");
+const ruleOption = (text: string, rules: AclRule[]) => {
+  try {
+    return [...rules, parseRule(text)];
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+};
+aclPolicy.addCommand(
+  clientCommand("set", "create or replace a policy")
+    .argument("<name>", "policy name")
+    .requiredOption(
+      "--rule <rule>",
+      "service:PREFIX=read|write|deny, lock:PREFIX=..., election:PREFIX=..., session=..., cluster=..., acl=... (repeat for more)",
+      ruleOption,
+      [],
+    )
+    .option("--description <text>", "what the policy is for")
+    .action((name: string, options: ClientOptions & { rule: AclRule[]; description?: string }) =>
+      print(() => acl.setPolicy(output(options), name, options.rule, options.description)),
+    ),
+);
+aclPolicy.addCommand(
+  clientCommand("list", "every policy").action((options: ClientOptions) =>
+    print(() => acl.listPolicies(output(options))),
+  ),
+);
+aclPolicy.addCommand(
+  clientCommand("read", "one policy")
+    .argument("<name>", "policy name")
+    .action((name: string, options: ClientOptions) =>
+      print(() => acl.readPolicy(output(options), name)),
+    ),
+);
+aclPolicy.addCommand(
+  clientCommand("delete", "delete a policy (tokens that name it lose it)")
+    .argument("<name>", "policy name")
+    .action((name: string, options: ClientOptions) =>
+      print(() => acl.deletePolicy(output(options), name)),
+    ),
+);
+const aclToken = aclCommand.command("token").description("tokens: secrets that carry policies");
+const policiesOption = (name: string, names: string[]) => [...names, name];
+aclToken.addCommand(
+  clientCommand("create", "make a token; its secret is printed this once")
+    .option("--policy <name>", "a policy it carries (repeat for more)", policiesOption, [])
+    .option("--description <text>", "who or what holds it")
+    .action((options: ClientOptions & { policy: string[]; description?: string }) =>
+      print(() => acl.createToken(output(options), options.policy, options.description)),
+    ),
+);
+aclToken.addCommand(
+  clientCommand("update", 'set a token\'s policies ("anonymous": what no token may do, and DNS)')
+    .argument("<accessor>", "the token's accessor")
+    .option("--policy <name>", "a policy it carries (repeat for more)", policiesOption, [])
+    .option("--description <text>", "who or what holds it")
+    .action(
+      (accessor: string, options: ClientOptions & { policy: string[]; description?: string }) =>
+        print(() =>
+          acl.updateToken(output(options), accessor, options.policy, options.description),
+        ),
+    ),
+);
+aclToken.addCommand(
+  clientCommand("list", "every token (accessors, never secrets)").action((options: ClientOptions) =>
+    print(() => acl.listTokens(output(options))),
+  ),
+);
+aclToken.addCommand(
+  clientCommand("read", 'one token; "self" is the one given with --token')
+    .argument("<accessor>", "the token's accessor, or self")
+    .action((accessor: string, options: ClientOptions) =>
+      print(() => acl.readToken(output(options), accessor)),
+    ),
+);
+aclToken.addCommand(
+  clientCommand("delete", "revoke a token on every node")
+    .argument("<accessor>", "the token's accessor")
+    .action((accessor: string, options: ClientOptions) =>
+      print(() => acl.deleteToken(output(options), accessor)),
     ),
 );
 

@@ -38,6 +38,12 @@ export interface AgentConfig {
   readonly maxWatches: number;
   readonly maxSessionsPerClient: number;
   readonly maxEventLoopDelayMs: number | null;
+  /** Every request needs a token whose policies allow it; DNS follows the anonymous token. */
+  readonly aclEnabled: boolean;
+  /** The management token's secret, made by the first leader; null: it makes one and logs it. */
+  readonly aclBootstrapToken: string | null;
+  /** The token this agent presents to the cluster it joins. */
+  readonly aclToken: string | null;
   /**
    * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
    * never a flag): "local-reads" answers every read from local state.
@@ -102,6 +108,13 @@ function nonNegativeInteger(text: string): number {
   if (!Number.isSafeInteger(value) || value < 0)
     throw new InvalidArgumentError(`"${text}" is not a whole number`);
   return value;
+}
+
+/** Secrets are random strings: a short one could be guessed. */
+export function parseSecret(text: string): string {
+  if (!/^[\x21-\x7e]{16,256}$/.test(text))
+    throw new InvalidArgumentError("a token must be 16 to 256 printable characters, no spaces");
+  return text;
 }
 
 function positiveInteger(text: string): number {
@@ -294,6 +307,23 @@ export function agentOptions(): Option[] {
       "MUSTER_MAX_EVENT_LOOP_DELAY",
       parseDuration,
     ),
+    option(
+      "--acl-enabled",
+      "require a token whose policies allow each request; DNS follows the anonymous token",
+      "MUSTER_ACL_ENABLED",
+    ),
+    option(
+      "--acl-bootstrap-token <secret>",
+      "secret of the management token the first leader makes (default: a random one, logged once)",
+      "MUSTER_ACL_BOOTSTRAP_TOKEN",
+      parseSecret,
+    ),
+    option(
+      "--acl-token <secret>",
+      "token this agent presents when it joins a cluster with ACLs on",
+      "MUSTER_ACL_TOKEN",
+      parseSecret,
+    ),
     option("--log-level <level>", "pino log level", "MUSTER_LOG_LEVEL", undefined, "info"),
   ];
 }
@@ -381,8 +411,16 @@ export function resolveConfig(command: Command): AgentConfig {
     maxSessionsPerClient: Number(pick("maxSessionsPerClient")),
     maxEventLoopDelayMs:
       pick("maxEventLoopDelay") === undefined ? null : duration("maxEventLoopDelay"),
+    aclEnabled: pick("aclEnabled") === true,
+    aclBootstrapToken: secretOf(pick("aclBootstrapToken")),
+    aclToken: secretOf(pick("aclToken")),
     plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),
   };
+}
+
+/** The config file's values are not parsed by the flag's parser. */
+function secretOf(value: unknown): string | null {
+  return typeof value === "string" ? parseSecret(value) : null;
 }
 
 function readConfigFile(path: string): RawOptions {

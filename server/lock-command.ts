@@ -24,6 +24,8 @@ export interface LockCommandOptions {
   readonly waitMs: number;
   /** The holder's value (an election's leader identity). */
   readonly value?: string;
+  /** The ACL token's secret; null: none. */
+  readonly token: string | null;
   /** Timeout of each HTTP request (a blocking one gets its wait on top). */
   readonly requestTimeoutMs: number;
   /** After the lock is lost and COMMAND was sent SIGTERM, SIGKILL after this long. */
@@ -97,6 +99,8 @@ export class MusterHttpClient {
   constructor(
     addresses: readonly string[],
     private readonly timeoutMs: number,
+    /** The ACL token's secret, sent with every request; null: none. */
+    private readonly token: string | null = null,
   ) {
     if (addresses.length === 0) throw new Error("no muster HTTP address");
     this.addresses = [...addresses];
@@ -150,11 +154,13 @@ export class MusterHttpClient {
     const timeout = AbortSignal.timeout(timeoutMs);
     const signal =
       options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]);
+    const headers: Record<string, string> = {};
+    if (this.token !== null) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
     const response = await fetch(`http://${address}${path}`, {
       method,
-      ...(body === undefined
-        ? {}
-        : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+      headers,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal,
     });
     const text = await response.text();
@@ -254,7 +260,7 @@ class LockRunner {
   private killTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: LockCommandOptions) {
-    this.client = new MusterHttpClient(options.addresses, options.requestTimeoutMs);
+    this.client = new MusterHttpClient(options.addresses, options.requestTimeoutMs, options.token);
     this.ends = endpoints[options.kind];
     const prefix = `muster ${options.kind === "lock" ? "lock" : "elect"}`;
     const write = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));

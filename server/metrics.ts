@@ -35,6 +35,12 @@ export class Metrics {
     help: "Times this node saw the cluster's leader change (including to none)",
     registers: [this.registry],
   });
+  readonly aclDenials = new Counter({
+    name: "muster_acl_denials_total",
+    help: "Requests refused by ACLs, by the resource of the missing permission",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
   readonly selfPreservation = new Gauge({
     name: "muster_self_preservation_engaged",
     help: "1 while the leader has stopped evicting because too many instances are at risk",

@@ -5,6 +5,8 @@ import { MusterHttpClient } from "./lock-command.js";
 export interface OutputOptions {
   readonly http: string[];
   readonly json: boolean;
+  /** The ACL token's secret; null: none. */
+  readonly token: string | null;
 }
 
 /** Columns padded to their widest cell; a header line first. */
@@ -20,14 +22,14 @@ export function table(headers: readonly string[], rows: readonly (readonly strin
   return [line(headers), ...rows.map(line)].join("\n");
 }
 
-async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
-  const client = new MusterHttpClient(options.http, 5000);
+export async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
+  const client = new MusterHttpClient(options.http, 5000, options.token);
   const answer = await client.call("GET", path);
   if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
   return answer.body;
 }
 
-function errorText(body: Record<string, unknown>, status: number): string {
+export function errorText(body: Record<string, unknown>, status: number): string {
   const error = body.error as { message?: string; field?: string } | undefined;
   return `${error?.message ?? `HTTP ${status}`}${error?.field === undefined ? "" : ` (field ${error.field})`}`;
 }
@@ -84,7 +86,7 @@ export async function register(
   options: OutputOptions,
   registration: Registration,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000);
+  const client = new MusterHttpClient(options.http, 5000, options.token);
   const { service, id, ...body } = registration;
   const answer = await client.call(
     "PUT",
@@ -101,7 +103,7 @@ export async function deregister(
   service: string,
   id: string,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000);
+  const client = new MusterHttpClient(options.http, 5000, options.token);
   const answer = await client.call(
     "DELETE",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,

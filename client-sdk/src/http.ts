@@ -62,6 +62,8 @@ export interface HttpOptions {
   readonly deadlineMs?: number;
   /** Send writes to the leader directly when it is one of the endpoints (default true). */
   readonly followLeader?: boolean;
+  /** The ACL token's secret, for a cluster with ACLs on; a denial throws MusterApiError 403. */
+  readonly token?: string;
 }
 
 /** Answers that another node (or the same one a little later) may answer better. */
@@ -101,6 +103,7 @@ export class RegistryHttp {
   private readonly timeoutMs: number;
   private readonly deadlineMs: number;
   private readonly followLeader: boolean;
+  private readonly authorization: Record<string, string>;
   /** The node that answered last: reads start there. */
   private preferred = 0;
   private leader: string | null = null;
@@ -114,6 +117,8 @@ export class RegistryHttp {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.followLeader = options.followLeader ?? true;
+    this.authorization =
+      options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
     this.dispatcher = new Agent({ keepAliveTimeout: 30_000 });
   }
 
@@ -191,7 +196,9 @@ export class RegistryHttp {
         dispatcher: this.dispatcher,
         signal: attemptSignal,
         headers:
-          options.body === undefined ? {} : { "content-type": "application/json; charset=utf-8" },
+          options.body === undefined
+            ? this.authorization
+            : { ...this.authorization, "content-type": "application/json; charset=utf-8" },
         body: options.body === undefined ? undefined : JSON.stringify(options.body),
       });
       const text = await response.body.text();
@@ -237,6 +244,7 @@ export class RegistryHttp {
         // The server sends a keep-alive every 15 s: silence for longer means a dead node.
         bodyTimeout: 45_000,
         headers: {
+          ...this.authorization,
           accept: "text/event-stream",
           ...(lastEventId === undefined ? {} : { "last-event-id": lastEventId }),
         },

@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import type { Entry } from "../../raft/core/types.js";
 import type { StateMachine } from "../../raft/node.js";
+import type { AclPolicy } from "../acl/rules.js";
+import { type AclOutcome, AclTable, type AclToken, type StoredAcl } from "./acl.js";
 import {
   type Lock,
   type LockKind,
@@ -107,6 +109,16 @@ export type RegistryCommand =
       readonly reason: "deleted" | "expired";
       readonly now: number;
     }
+  /** The first one makes the management token; later ones change nothing. */
+  | { readonly op: "acl-bootstrap"; readonly accessor: string; readonly secretHash: string }
+  | { readonly op: "acl-policy-set"; readonly policy: AclPolicy }
+  | { readonly op: "acl-policy-delete"; readonly name: string }
+  | {
+      readonly op: "acl-token-set";
+      readonly mode: "create" | "update";
+      readonly token: Pick<AclToken, "accessor" | "secretHash" | "policies" | "description">;
+    }
+  | { readonly op: "acl-token-delete"; readonly accessor: string }
   | {
       readonly op: "lock-acquire";
       readonly kind: LockKind;
@@ -139,6 +151,8 @@ export type RegistryResult =
       readonly changed?: number;
       readonly session?: Session;
       readonly lock?: { readonly acquired: boolean; readonly lock: Lock };
+      readonly token?: AclToken;
+      readonly policy?: AclPolicy;
     }
   | {
       readonly ok: false;
@@ -199,10 +213,12 @@ interface StoredRegistry {
   /** Absent from snapshots made before it existed. */
   readonly forwardingKey?: string | null;
   readonly locks: StoredLocks;
+  /** Absent from snapshots made before it existed. */
+  readonly acl?: StoredAcl;
   readonly appliedIndex: number;
 }
 
-function toStored(state: RegistryState, locks: StoredLocks): StoredRegistry {
+function toStored(state: RegistryState, locks: StoredLocks, acl: StoredAcl): StoredRegistry {
   const byKey = <T>(entries: Iterable<[string, T]>) =>
     [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return {
@@ -217,6 +233,7 @@ function toStored(state: RegistryState, locks: StoredLocks): StoredRegistry {
     selfPreservation: state.selfPreservation,
     forwardingKey: state.forwardingKey,
     locks,
+    acl,
     appliedIndex: state.appliedIndex,
   };
 }
@@ -258,6 +275,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   >();
   /** Sessions and locks; a lock's watchers are woken under the key "lock:<name>". */
   readonly locks = new LockTable((key) => this.notify(key, this.state.appliedIndex));
+  readonly acl = new AclTable();
 
   apply(entry: Entry & { type: "normal" }): RegistryResult {
     const command = JSON.parse(new TextDecoder().decode(entry.data)) as RegistryCommand;
@@ -372,6 +390,16 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         }
         return { ok: true, session };
       }
+      case "acl-bootstrap":
+        return this.aclChanged(this.acl.bootstrap(command.accessor, command.secretHash, index));
+      case "acl-policy-set":
+        return this.aclChanged(this.acl.setPolicy(command.policy, index));
+      case "acl-policy-delete":
+        return this.aclChanged(this.acl.deletePolicy(command.name, index));
+      case "acl-token-set":
+        return this.aclChanged(this.acl.setToken(command.token, command.mode, index));
+      case "acl-token-delete":
+        return this.aclChanged(this.acl.deleteToken(command.accessor, index));
       case "lock-acquire":
         return lockOutcome(
           this.locks.acquire(
@@ -394,6 +422,12 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
         this.locks.promote(command.kind, command.name, command.now, index);
         return { ok: true };
     }
+  }
+
+  /** What a token may see can change with any ACL change: lists and DNS answers start over. */
+  private aclChanged(outcome: AclOutcome): RegistryResult {
+    if (outcome.ok) this.notify(null, this.state.appliedIndex);
+    return outcome;
   }
 
   private register(spec: InstanceSpec, now: number, index: number): RegistryResult {
@@ -479,7 +513,9 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   }
 
   snapshot(): Uint8Array {
-    return new TextEncoder().encode(JSON.stringify(toStored(this.state, this.locks.toStored())));
+    return new TextEncoder().encode(
+      JSON.stringify(toStored(this.state, this.locks.toStored(), this.acl.toStored())),
+    );
   }
 
   restore(data: Uint8Array): void {
@@ -487,6 +523,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       data.length === 0 ? null : (JSON.parse(new TextDecoder().decode(data)) as StoredRegistry);
     this.state = stored === null ? emptyState() : fromStored(stored);
     this.locks.restore(stored?.locks);
+    this.acl.restore(stored?.acl);
     for (const listener of this.restoreListeners) listener();
     this.notify(null, this.state.appliedIndex);
   }
@@ -500,7 +537,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   /** A hash of the whole state, equal on replicas that applied the same log. */
   stateHash(): { appliedIndex: number; hash: string } {
     const hash = createHash("sha256")
-      .update(JSON.stringify(toStored(this.state, this.locks.toStored())))
+      .update(JSON.stringify(toStored(this.state, this.locks.toStored(), this.acl.toStored())))
       .digest("hex");
     return { appliedIndex: this.state.appliedIndex, hash };
   }

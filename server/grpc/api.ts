@@ -31,17 +31,24 @@ export interface HttpAnswer {
 
 /** What the gRPC API needs of its agent. */
 export interface GrpcBackend {
-  /** `client`: the gRPC client's address, so that limits count its calls as its own. */
-  http(call: HttpCall, client: string): Promise<HttpAnswer>;
+  /** `caller`: the gRPC client's address (limits count its calls as its own) and token. */
+  http(call: HttpCall, caller: GrpcCaller): Promise<HttpAnswer>;
   /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
   leaderGrpc(): string | null;
   hasLeader(): boolean;
+}
+
+export interface GrpcCaller {
+  readonly address: string;
+  /** From `authorization: Bearer <secret>` or `x-muster-token` metadata. */
+  readonly token: string | null;
 }
 
 type Fields = Record<string, unknown>;
 
 const statusOf: Record<number, grpc.status> = {
   400: grpc.status.INVALID_ARGUMENT,
+  403: grpc.status.PERMISSION_DENIED,
   404: grpc.status.NOT_FOUND,
   409: grpc.status.FAILED_PRECONDITION,
   413: grpc.status.RESOURCE_EXHAUSTED,
@@ -67,11 +74,19 @@ const boundedStatusDetails: grpc.ServerInterceptor = (_method, call) =>
       ),
   });
 
-/** The client's IP address, from grpc-js's "host:port" peer. */
-function clientAddress(call: { getPeer(): string }): string {
+/** The client's IP address (from grpc-js's "host:port" peer) and the token it sent. */
+function callerOf(call: { getPeer(): string; metadata: grpc.Metadata }): GrpcCaller {
   const peer = call.getPeer();
   const colon = peer.lastIndexOf(":");
-  return (colon > 0 ? peer.slice(0, colon) : peer).replace(/^\[(.*)\]$/, "$1");
+  const text = (key: string) => {
+    const value = call.metadata.get(key)[0];
+    return typeof value === "string" && value !== "" ? value : null;
+  };
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(text("authorization") ?? "");
+  return {
+    address: (colon > 0 ? peer.slice(0, colon) : peer).replace(/^\[(.*)\]$/, "$1"),
+    token: bearer?.[1] ?? text("x-muster-token"),
+  };
 }
 
 /** An error that ends a streaming call with INVALID_ARGUMENT naming `field`. */
@@ -124,7 +139,7 @@ function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusO
       metadata,
     };
   }
-  const error = raw as { code?: string; message?: string; field?: string };
+  const error = raw as { code?: string; message?: string; field?: string; permission?: string };
   // Metadata values are printable ASCII; a field named after a key of the request may not be.
   if (error.field !== undefined)
     metadata.set(
@@ -132,6 +147,7 @@ function toError(answer: HttpAnswer, backend: GrpcBackend): Partial<grpc.StatusO
       /^[\x20-\x7e]*$/.test(error.field) ? error.field : encodeURIComponent(error.field),
     );
   if (error.code !== undefined) metadata.set("muster-code", error.code);
+  if (error.permission !== undefined) metadata.set("permission", error.permission);
   const leader = backend.leaderGrpc();
   if (answer.status === 503 && leader !== null) metadata.set("leader", leader);
   return {
@@ -260,7 +276,7 @@ export class GrpcApi {
       const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
       const remainingMs = Number.isFinite(at) ? Math.max(0, at - Date.now()) : null;
       this.backend
-        .http(toHttp(call.request, remainingMs), clientAddress(call))
+        .http(toHttp(call.request, remainingMs), callerOf(call))
         .then((answer) => {
           if (answer.status === 200 || answers.includes(answer.status)) {
             callback(null, shape(answer.body));
@@ -339,7 +355,7 @@ export class GrpcApi {
           method: "GET",
           url: `/v1/services/${segment(request.service)}${query({ ...filters, ...blocking })}`,
         },
-        clientAddress(call),
+        callerOf(call),
       );
       if (answer.status !== 200 && answer.status !== 404) {
         const status = toError(answer, this.backend);
@@ -400,7 +416,7 @@ export class GrpcApi {
           send({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
           return;
         }
-        const answer = await this.backend.http(http, clientAddress(call)).catch(() => null);
+        const answer = await this.backend.http(http, callerOf(call)).catch(() => null);
         if (answer?.status === 200) {
           send({ ok: true, status: String(answer.body.status ?? "") });
           return;

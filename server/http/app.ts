@@ -6,6 +6,8 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { RaftError } from "../../raft/node.js";
 import type { Agent } from "../agent.js";
 import { MusterError } from "../errors.js";
+import { aclRoutes } from "./acl-routes.js";
+import { authorizeRequests } from "./authorize.js";
 import { limitRequests, shedLoad } from "./limits.js";
 import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
@@ -95,8 +97,10 @@ export function buildHttpApp(agent: Agent): FastifyInstance {
 
   shedLoad(app, agent.config);
   limitRequests(app, agent.config, (request) => agent.forwardedByMember(request));
+  authorizeRequests(app, agent);
   app.register(registryRoutes(agent));
   app.register(lockRoutes(agent));
+  app.register(aclRoutes(agent));
 
   app.register(async (scope) => {
     const cluster = scope.withTypeProvider<TypeBoxTypeProvider>();

@@ -223,9 +223,12 @@ export function registryRoutes(agent: Agent) {
     );
 
     app.get("/v1/services", { schema: { querystring: ReadQuery } }, async (request, reply) => {
+      const { authorizer } = request.caller;
       const view = await blockingRead(agent, reply, request.query, null, () => ({
         index: agent.fsm.servicesIndex,
-        services: agent.fsm.services(),
+        services: agent.fsm
+          .services()
+          .filter(({ name }) => authorizer.allows({ resource: "service", name, access: "read" })),
       }));
       reply.header("X-Muster-Index", String(view.index));
       return view;

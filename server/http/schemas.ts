@@ -50,7 +50,7 @@ export const HeartbeatBody = Type.Object(
   { additionalProperties: false },
 );
 
-const ConsistencyField = Type.Optional(
+export const ConsistencyField = Type.Optional(
   Type.Union([Type.Literal("stale"), Type.Literal("default"), Type.Literal("linearizable")]),
 );
 

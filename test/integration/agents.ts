@@ -99,25 +99,35 @@ export class AgentCluster {
   readonly agents = new Map<string, AgentProcess>();
 
   private constructor(
-    private readonly root: string,
+    /** Each agent's data directory and log (<id>.log) live under it. */
+    readonly root: string,
     private readonly timingArgs: readonly string[],
     private readonly env: Readonly<Record<string, string>>,
+    /** The ACL token `request` sends unless told otherwise. */
+    private readonly token: string | null,
   ) {}
 
   /**
    * `defaultTimings`: run with the product's default heartbeat and election timeout;
-   * `args`: more flags for every agent; `env`: more environment variables.
+   * `args`: more flags for every agent; `env`: more environment variables; `token`: the ACL
+   * token requests carry.
    */
   static async create(
     options: {
       defaultTimings?: boolean;
       args?: readonly string[];
       env?: Readonly<Record<string, string>>;
+      token?: string;
     } = {},
   ): Promise<AgentCluster> {
     const root = await mkdtemp(join(tmpdir(), "muster-cluster-"));
     const timings = options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs;
-    return new AgentCluster(root, [...timings, ...(options.args ?? [])], options.env ?? {});
+    return new AgentCluster(
+      root,
+      [...timings, ...(options.args ?? [])],
+      options.env ?? {},
+      options.token ?? null,
+    );
   }
 
   async define(id: string): Promise<AgentProcess> {
@@ -201,12 +211,21 @@ export class AgentCluster {
     return [...this.agents.values()].filter((agent) => agent.process !== null);
   }
 
-  async request(id: string, method: string, path: string, body?: unknown): Promise<HttpAnswer> {
+  /** `token`: the ACL token to send instead of the cluster's (null: none). */
+  async request(
+    id: string,
+    method: string,
+    path: string,
+    body?: unknown,
+    token: string | null = this.token,
+  ): Promise<HttpAnswer> {
+    const headers: Record<string, string> = {};
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
     const response = await fetch(`http://${this.get(id).http}${path}`, {
       method,
-      ...(body === undefined
-        ? {}
-        : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+      headers,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(8000),
     });
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };

@@ -29,10 +29,15 @@ function instance(id: string, fields: Partial<Instance> = {}): Instance {
   };
 }
 
-function registry(services: Record<string, Instance[]>, tags: string[] = []): RegistryView {
+function registry(
+  services: Record<string, Instance[]>,
+  tags: string[] = [],
+  readable: (service: string) => boolean = () => true,
+): RegistryView {
   return {
     service: (name) => ({ known: name in services, instances: services[name] ?? [] }),
     tagKnown: (_service, tag) => tags.includes(tag),
+    readable,
   };
 }
 
@@ -146,5 +151,29 @@ describe("DNS answers", () => {
     }
     expect(heavyFirst / trials).toBeGreaterThan(0.88);
     expect(heavyFirst / trials).toBeLessThan(0.92);
+  });
+
+  it("a service the anonymous token may not read is REFUSED, in every form; others answer", () => {
+    const guarded = registry(
+      {
+        web: [instance("w1", { address: "10.0.0.1", tags: ["v1"] })],
+        db: [instance("d1", { service: "db", address: "10.0.0.9" })],
+      },
+      ["v1"],
+      (service) => service === "web",
+    );
+    for (const [qname, qtype] of [
+      ["db.service.muster", types.A],
+      ["_db._tcp.service.muster", types.SRV],
+      ["d1.db.instance.muster", types.A],
+      ["nosuch.service.muster", types.A],
+    ] as const) {
+      const denied = ask(guarded, qname, qtype);
+      expect(denied.rcode, qname).toBe(rcodes.refused);
+      expect(denied.answers, qname).toEqual([]);
+    }
+    expect(ask(guarded, "v1.web.service.muster", types.A).answers.map((r) => r.address)).toEqual([
+      "10.0.0.1",
+    ]);
   });
 });

@@ -1,0 +1,413 @@
+import { spawnSync } from "node:child_process";
+import { Resolver } from "node:dns/promises";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MusterApiError, MusterClient } from "../../client-sdk/src/index.js";
+import { AgentCluster, eventually, sleep } from "./agents.js";
+
+const ids = ["n1", "n2", "n3"];
+const management = "management-secret-for-tests-0001";
+const cli = fileURLToPath(new URL("../../server/cli.ts", import.meta.url));
+const protoFile = fileURLToPath(new URL("../../proto/muster/v1/muster.proto", import.meta.url));
+let cluster: AgentCluster;
+let leader: string;
+let follower: string;
+
+beforeAll(async () => {
+  cluster = await AgentCluster.create({
+    args: ["--acl-enabled", `--acl-bootstrap-token=${management}`],
+    token: management,
+  });
+  await cluster.bootstrap(ids);
+  leader = await cluster.leader();
+  follower = ids.find((id) => id !== leader) as string;
+  // The first leader makes the management token: wait until every node knows it.
+  await eventually(
+    "the management token on every node",
+    async () => {
+      const answers = await Promise.all(
+        ids.map((id) => cluster.request(id, "GET", "/v1/acl/tokens/self")),
+      );
+      return answers.every((answer) => answer.status === 200) ? true : undefined;
+    },
+    30_000,
+  );
+});
+afterAll(async () => {
+  await cluster.destroy();
+});
+
+const instance = { address: "10.0.0.1", port: 80 };
+
+async function policy(name: string, rules: unknown[]): Promise<void> {
+  const answer = await cluster.request(follower, "PUT", `/v1/acl/policies/${name}`, { rules });
+  expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+}
+
+async function token(policies: string[]): Promise<{ accessor: string; secret: string }> {
+  const answer = await cluster.request(follower, "POST", "/v1/acl/tokens", { policies });
+  expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+  return answer.body as { accessor: string; secret: string };
+}
+
+/** A token made on one node is known on every node once its entry applies there. */
+async function knownEverywhere(secret: string): Promise<void> {
+  await eventually(
+    "the token on every node",
+    async () => {
+      const answers = await Promise.all(
+        ids.map((id) => cluster.request(id, "GET", "/v1/acl/tokens/self", undefined, secret)),
+      );
+      return answers.every((answer) => answer.status === 200) ? true : undefined;
+    },
+    10_000,
+  );
+}
+
+function denial(answer: { status: number; body: Record<string, unknown> }) {
+  expect(answer.status, JSON.stringify(answer.body)).toBe(403);
+  return answer.body.error as { code: string; message: string; permission?: string };
+}
+
+describe("ACLs", () => {
+  it("a service:web write token registers web and web-* but not db, on any node", async () => {
+    await policy("web-writer", [{ resource: "service", prefix: "web", access: "write" }]);
+    const web = await token(["web-writer"]);
+    await knownEverywhere(web.secret);
+    for (const [node, service] of [
+      [leader, "web"],
+      [follower, "web-api"],
+    ] as const) {
+      const answer = await cluster.request(
+        node,
+        "PUT",
+        `/v1/services/${service}/instances/i1`,
+        instance,
+        web.secret,
+      );
+      expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+    }
+    for (const node of ids) {
+      const error = denial(
+        await cluster.request(node, "PUT", "/v1/services/db/instances/d1", instance, web.secret),
+      );
+      expect(error.code).toBe("MUSTER_ERR_PERMISSION_DENIED");
+      expect(error.permission).toBe("service:db write");
+      expect(error.message).toContain("service:db write");
+    }
+    // Nothing was written: db does not exist.
+    const db = await cluster.request(leader, "GET", "/v1/services/db?consistency=linearizable");
+    expect(db.status).toBe(404);
+  });
+
+  it("without a token: 403 on writes and on reads the anonymous token lacks", async () => {
+    const write = denial(
+      await cluster.request(follower, "PUT", "/v1/services/web/instances/x", instance, null),
+    );
+    expect(write.permission).toBe("service:web write");
+    denial(await cluster.request(follower, "GET", "/v1/services/web", undefined, null));
+    denial(await cluster.request(follower, "POST", "/v1/sessions", {}, null));
+    denial(await cluster.request(follower, "GET", "/v1/cluster/members", undefined, null));
+    // Probes and the leader's address stay open.
+    expect((await cluster.request(follower, "GET", "/readyz", undefined, null)).status).toBe(200);
+    expect(
+      (await cluster.request(follower, "GET", "/v1/cluster/leader", undefined, null)).status,
+    ).toBe(200);
+    // A secret no token has is refused even where no token is needed.
+    const unknown = denial(
+      await cluster.request(follower, "GET", "/v1/services", undefined, "no-such-secret-000000"),
+    );
+    expect(unknown.message).toContain("no token has this secret");
+  });
+
+  it("a read-only token reads but cannot take a lock; the management token can", async () => {
+    await policy("reader", [
+      { resource: "service", access: "read" },
+      { resource: "lock", access: "read" },
+      { resource: "session", access: "write" },
+    ]);
+    const reader = await token(["reader"]);
+    await knownEverywhere(reader.secret);
+    const session = await cluster.request(follower, "POST", "/v1/sessions", {}, reader.secret);
+    expect(session.status, JSON.stringify(session.body)).toBe(200);
+    const sessionId = session.body.id as string;
+    const acquire = denial(
+      await cluster.request(
+        follower,
+        "POST",
+        "/v1/locks/jobs%2Fnightly/acquire",
+        { session: sessionId },
+        reader.secret,
+      ),
+    );
+    expect(acquire.permission).toBe("lock:jobs/nightly write");
+    expect(
+      (await cluster.request(follower, "GET", "/v1/locks/jobs%2Fnightly", undefined, reader.secret))
+        .status,
+    ).toBe(200);
+    const list = await cluster.request(follower, "GET", "/v1/services", undefined, reader.secret);
+    expect(list.status).toBe(200);
+    // The management token does all of it.
+    const held = await cluster.request(follower, "POST", "/v1/locks/jobs%2Fnightly/acquire", {
+      session: sessionId,
+    });
+    expect(held.body.acquired, JSON.stringify(held.body)).toBe(true);
+    expect((await cluster.request(follower, "GET", "/v1/cluster/members")).status).toBe(200);
+    expect(
+      (await cluster.request(leader, "PUT", "/v1/services/db/instances/d1", instance)).status,
+    ).toBe(200);
+  });
+
+  it("the service list shows only what the token may read", async () => {
+    await policy("web-reader", [{ resource: "service", prefix: "web", access: "read" }]);
+    const webReader = await token(["web-reader"]);
+    await knownEverywhere(webReader.secret);
+    await cluster.request(leader, "PUT", "/v1/services/db/instances/d2", instance);
+    const all = await cluster.request(leader, "GET", "/v1/services?consistency=linearizable");
+    const seen = await cluster.request(
+      leader,
+      "GET",
+      "/v1/services?consistency=linearizable",
+      undefined,
+      webReader.secret,
+    );
+    const names = (body: Record<string, unknown>) =>
+      (body.services as { name: string }[]).map((service) => service.name);
+    expect(names(all.body)).toContain("db");
+    expect(names(seen.body).length).toBeGreaterThan(0);
+    expect(names(seen.body).every((name) => name.startsWith("web"))).toBe(true);
+  });
+
+  it("a revoked token stops working on every node within one second", async () => {
+    const revoked = await token(["web-writer"]);
+    await knownEverywhere(revoked.secret);
+    const deleted = await cluster.request(follower, "DELETE", `/v1/acl/tokens/${revoked.accessor}`);
+    expect(deleted.status).toBe(200);
+    const answeredAt = performance.now();
+    const refusedAfter = await Promise.all(
+      ids.map(async (id) => {
+        for (let attempt = 0; attempt < 200; attempt++) {
+          const answer = await cluster.request(
+            id,
+            "PUT",
+            "/v1/services/web/instances/r1",
+            instance,
+            revoked.secret,
+          );
+          if (answer.status === 403) return performance.now() - answeredAt;
+          await sleep(10);
+        }
+        return Number.POSITIVE_INFINITY;
+      }),
+    );
+    for (const ms of refusedAfter) expect(ms).toBeLessThan(1000);
+  });
+
+  it("gRPC: the token travels in metadata; a denial is PERMISSION_DENIED naming the permission", async () => {
+    const { Registry } = (
+      grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
+        muster: {
+          v1: {
+            Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
+          };
+        };
+      }
+    ).muster.v1;
+    const client = new Registry(
+      cluster.get(follower).grpc,
+      grpc.credentials.createInsecure(),
+    ) as grpc.Client & {
+      register(
+        request: unknown,
+        metadata: grpc.Metadata,
+        callback: (error: grpc.ServiceError | null) => void,
+      ): void;
+    };
+    const register = (service: string, secret: string | null) => {
+      const metadata = new grpc.Metadata();
+      if (secret !== null) metadata.set("authorization", `Bearer ${secret}`);
+      return new Promise<grpc.ServiceError | null>((resolve) =>
+        client.register({ service, id: "g1", address: "10.0.0.2", port: 81 }, metadata, (error) =>
+          resolve(error),
+        ),
+      );
+    };
+    try {
+      const web = await token(["web-writer"]);
+      await knownEverywhere(web.secret);
+      expect(await register("web", web.secret)).toBeNull();
+      const denied = await register("db", web.secret);
+      expect(denied?.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(denied?.metadata.get("permission")).toEqual(["service:db write"]);
+      expect((await register("web", null))?.code).toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      client.close();
+    }
+  });
+
+  it("the SDK sends its token; a denial throws MusterApiError 403 without retrying", async () => {
+    const web = await token(["web-writer"]);
+    await knownEverywhere(web.secret);
+    const client = new MusterClient({
+      endpoints: ids.map((id) => cluster.get(id).http),
+      token: web.secret,
+      timeoutMs: 3000,
+      deadlineMs: 15_000,
+    });
+    try {
+      const registration = await client.register({
+        service: "web",
+        id: "sdk-1",
+        address: "10.0.0.3",
+        port: 82,
+        ttl: "10s",
+        drainDelay: "100ms",
+        handleSignals: false,
+      });
+      await registration.close();
+      const denied = await client
+        .register({
+          service: "db",
+          id: "sdk-2",
+          address: "10.0.0.3",
+          port: 82,
+          ttl: "10s",
+          handleSignals: false,
+        })
+        .catch((error: unknown) => error);
+      expect(denied).toBeInstanceOf(MusterApiError);
+      expect(denied).toMatchObject({ status: 403, code: "MUSTER_ERR_PERMISSION_DENIED" });
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("DNS answers follow the anonymous token's policies", async () => {
+    const resolver = new Resolver({ timeout: 2000, tries: 2 });
+    resolver.setServers([cluster.get(follower).dns]);
+    await expect(resolver.resolve4("web.service.muster")).rejects.toMatchObject({
+      code: "EREFUSED",
+    });
+    await policy("dns", [{ resource: "service", prefix: "web", access: "read" }]);
+    const updated = await cluster.request(follower, "PUT", "/v1/acl/tokens/anonymous", {
+      policies: ["dns"],
+    });
+    expect(updated.status, JSON.stringify(updated.body)).toBe(200);
+    const addresses = await eventually(
+      "DNS to answer for web",
+      async () =>
+        (await resolver.resolve4("web.service.muster").catch(() => undefined)) ?? undefined,
+      10_000,
+    );
+    expect(addresses).toContain("10.0.0.1");
+    await expect(resolver.resolve4("db.service.muster")).rejects.toMatchObject({
+      code: "EREFUSED",
+    });
+  });
+
+  it("denials are counted in /metrics", async () => {
+    const metrics = await fetch(`http://${cluster.get(follower).http}/metrics`).then((r) =>
+      r.text(),
+    );
+    const counted = /muster_acl_denials_total\{resource="service"\} (\d+)/.exec(metrics);
+    expect(Number(counted?.[1])).toBeGreaterThan(0);
+  });
+
+  it("muster acl: policies and tokens from the command line", () => {
+    const muster = (...args: string[]) => {
+      const run = spawnSync(process.execPath, ["--import", "tsx", cli, ...args], {
+        encoding: "utf8",
+        timeout: 30_000,
+        env: { ...process.env, MUSTER_TOKEN: management, MUSTER_HTTP: cluster.get(follower).http },
+      });
+      return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+    };
+    const set = muster(
+      "acl",
+      "policy",
+      "set",
+      "jobs",
+      "--rule",
+      "lock:jobs/=write",
+      "--rule",
+      "session=write",
+    );
+    expect(set.status, set.stderr).toBe(0);
+    expect(set.stdout).toContain("lock:jobs/=write session=write");
+    const created = muster("acl", "token", "create", "--policy", "jobs", "--description", "cron");
+    expect(created.status, created.stderr).toBe(0);
+    const secret = /secret: (\S+)/.exec(created.stdout)?.[1];
+    expect(secret).toBeDefined();
+    const listed = muster("acl", "token", "list");
+    expect(listed.stdout).toContain("cron");
+    expect(listed.stdout).not.toContain(secret as string);
+    const bad = muster("acl", "policy", "set", "x", "--rule", "nodes=write");
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain("not a rule");
+    const wrongToken = muster("members", "--token", "no-such-secret-000000");
+    expect(wrongToken.status).toBe(1);
+    expect(wrongToken.stderr).toContain("no token has this secret");
+    const jobsOnly = muster("members", "--token", secret as string);
+    expect(jobsOnly.status).toBe(1);
+    expect(jobsOnly.stderr).toContain("lacks cluster read");
+  });
+});
+
+describe("ACL bootstrap and joining", () => {
+  let single: AgentCluster;
+  beforeAll(async () => {
+    single = await AgentCluster.create({ args: ["--acl-enabled"] });
+  });
+  afterAll(async () => {
+    await single.destroy();
+  });
+
+  it("without --acl-bootstrap-token the first leader logs a management secret once; joining takes a token", async () => {
+    await single.bootstrap(["s1"]);
+    await single.leader();
+    const secret = await eventually(
+      "the bootstrap secret in the log",
+      async () => {
+        const log = await readFile(join(single.root, "s1.log"), "utf8").catch(() => "");
+        return /"event":"acl-bootstrap"[^\n]*"secret":"([^"]+)"/.exec(log)?.[1];
+      },
+      30_000,
+    );
+    const self = await single.request("s1", "GET", "/v1/acl/tokens/self", undefined, secret);
+    expect(self.status).toBe(200);
+    expect(self.body.policies).toEqual(["global-management"]);
+    expect((await single.request("s1", "GET", "/v1/cluster/members", undefined, null)).status).toBe(
+      403,
+    );
+
+    // A node without a token cannot join; one with a token that may write `cluster` can.
+    await single.define("s2");
+    single.start("s2", [`--join=${single.get("s1").http}`]);
+    const code = await eventually(
+      "the tokenless node to give up",
+      async () => {
+        const child = single.get("s2").process;
+        return child?.exitCode ?? undefined;
+      },
+      30_000,
+    );
+    expect(code).not.toBe(0);
+    const log = await readFile(join(single.root, "s2.log"), "utf8");
+    expect(log).toContain("cluster write");
+    await single.define("s3");
+    single.start("s3", [`--join=${single.get("s1").http}`, `--acl-token=${secret}`]);
+    await eventually(
+      "s3 to join as a member",
+      async () => {
+        const members = await single.request("s1", "GET", "/v1/cluster/members", undefined, secret);
+        const list = (members.body.members ?? []) as { id: string }[];
+        return list.some((member) => member.id === "s3") ? true : undefined;
+      },
+      30_000,
+    );
+  });
+});
