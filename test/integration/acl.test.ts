@@ -162,6 +162,59 @@ describe("ACLs", () => {
     ).toBe(200);
   });
 
+  it("bad ACL input is answered 400 naming the field, and changes nothing", async () => {
+    const before = await cluster.request(
+      leader,
+      "GET",
+      "/v1/acl/policies?consistency=linearizable",
+    );
+    const cases: [string, string, unknown, string | undefined][] = [
+      [
+        "PUT",
+        "/v1/acl/policies/p1",
+        { rules: [{ resource: "nodes", access: "read" }] },
+        "rules.0.resource",
+      ],
+      [
+        "PUT",
+        "/v1/acl/policies/p1",
+        { rules: [{ resource: "service", access: "admin" }] },
+        "rules.0.access",
+      ],
+      [
+        "PUT",
+        "/v1/acl/policies/p1",
+        { rules: [{ resource: "cluster", prefix: "x", access: "read" }] },
+        "rules.0.prefix",
+      ],
+      ["PUT", "/v1/acl/policies/p1", { rules: "service:web=write" }, "rules"],
+      ["PUT", "/v1/acl/policies/p1", {}, "rules"],
+      ["PUT", `/v1/acl/policies/${"p".repeat(200)}`, { rules: [] }, "name"],
+      ["PUT", "/v1/acl/policies/p1", { rules: [], extra: 1 }, "extra"],
+      ["POST", "/v1/acl/tokens", { policies: ["no-such-policy"] }, "policies.0"],
+      ["POST", "/v1/acl/tokens", { policies: "web-writer" }, "policies"],
+      ["POST", "/v1/acl/tokens", { policies: ["web-writer", "web-writer"] }, "policies"],
+      [
+        "PUT",
+        "/v1/acl/tokens/anonymous",
+        { policies: [], description: "d".repeat(300) },
+        "description",
+      ],
+    ];
+    for (const [method, path, body, field] of cases) {
+      const answer = await cluster.request(follower, method, path, body);
+      expect(answer.status, `${method} ${path} ${JSON.stringify(body)}`).toBe(400);
+      const error = answer.body.error as { field?: string };
+      expect(error.field, `${method} ${path} ${JSON.stringify(body)}`).toBe(field);
+    }
+    const unknownToken = await cluster.request(follower, "DELETE", "/v1/acl/tokens/no-such-token");
+    expect(unknownToken.status).toBe(404);
+    const builtIn = await cluster.request(follower, "DELETE", "/v1/acl/policies/global-management");
+    expect(builtIn.status).toBe(409);
+    const after = await cluster.request(leader, "GET", "/v1/acl/policies?consistency=linearizable");
+    expect(after.body).toEqual(before.body);
+  });
+
   it("the service list shows only what the token may read", async () => {
     await policy("web-reader", [{ resource: "service", prefix: "web", access: "read" }]);
     const webReader = await token(["web-reader"]);
