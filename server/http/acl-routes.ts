@@ -3,7 +3,7 @@ import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { FastifyInstance } from "fastify";
 import { hashSecret } from "../acl/resolver.js";
 import { type AclPolicy, type AclRule, aclResources, prefixedResources } from "../acl/rules.js";
-import type { Agent } from "../agent.js";
+import { type Agent, okOrThrow } from "../agent.js";
 import { MusterError } from "../errors.js";
 import type { AclToken } from "../fsm/acl.js";
 import { ConsistencyField } from "./schemas.js";
@@ -107,47 +107,43 @@ export function aclRoutes(agent: Agent) {
         return tokenView(readToken(request.params.accessor));
       },
     );
-    app.post("/v1/acl/tokens", { schema: { body: TokenBody } }, async (request, reply) => {
-      checkPolicies(request.body.policies);
-      // Made on the leader (a follower forwards the request): the secret is shown only here.
-      const secret = randomBytes(24).toString("base64url");
-      const spec = {
-        accessor: randomUUID(),
-        secretHash: hashSecret(secret),
-        policies: request.body.policies,
-        description: request.body.description ?? "",
-      };
-      return agent.write(
-        request,
-        reply,
-        { op: "acl-token-set", mode: "create", token: spec },
-        (result) => ({
-          ...tokenView(result.token as AclToken),
-          secret,
-        }),
-      );
-    });
+    // Policies are checked on the leader, which has applied every policy made before.
+    app.post("/v1/acl/tokens", { schema: { body: TokenBody } }, async (request, reply) =>
+      agent.forwardUnlessLeader(request, reply, async () => {
+        checkPolicies(request.body.policies);
+        // The secret is made here, on the leader, and shown only in this answer.
+        const secret = randomBytes(24).toString("base64url");
+        const token = {
+          accessor: randomUUID(),
+          secretHash: hashSecret(secret),
+          policies: request.body.policies,
+          description: request.body.description ?? "",
+        };
+        const result = okOrThrow(
+          await agent.propose({ op: "acl-token-set", mode: "create", token }),
+        );
+        return { ...tokenView(result.token as AclToken), secret };
+      }),
+    );
     app.put(
       "/v1/acl/tokens/:accessor",
       { schema: { params: Type.Object({ accessor: Accessor }), body: TokenBody } },
-      async (request, reply) => {
-        checkPolicies(request.body.policies);
-        const token = {
-          accessor: request.params.accessor,
-          secretHash: "",
-          policies: request.body.policies,
-          description:
-            request.body.description ??
-            agent.fsm.acl.token(request.params.accessor)?.description ??
-            "",
-        };
-        return agent.write(
-          request,
-          reply,
-          { op: "acl-token-set", mode: "update", token },
-          (result) => tokenView(result.token as AclToken),
-        );
-      },
+      async (request, reply) =>
+        agent.forwardUnlessLeader(request, reply, async () => {
+          checkPolicies(request.body.policies);
+          const { accessor } = request.params;
+          const token = {
+            accessor,
+            secretHash: "",
+            policies: request.body.policies,
+            description:
+              request.body.description ?? agent.fsm.acl.token(accessor)?.description ?? "",
+          };
+          const result = okOrThrow(
+            await agent.propose({ op: "acl-token-set", mode: "update", token }),
+          );
+          return tokenView(result.token as AclToken);
+        }),
     );
     app.delete(
       "/v1/acl/tokens/:accessor",

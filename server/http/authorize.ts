@@ -8,6 +8,11 @@ declare module "fastify" {
   interface FastifyRequest {
     /** Set before any handler runs: who asked, and what their token allows. */
     caller: Caller;
+    /**
+     * Checks the request again against the current ACLs; throws the 403 if it no longer
+     * passes. Long waits and watch streams call it after each wake, so a revoked token ends them.
+     */
+    reauthorize: () => void;
   }
 }
 
@@ -43,26 +48,37 @@ export function authorizeRequests(app: FastifyInstance, authorization: Authoriza
     }
   });
   app.decorateRequest("caller", null as unknown as Caller);
+  app.decorateRequest("reauthorize", null as unknown as () => void);
   app.addHook("onRequest", async (request) => {
     const access = routeAccess[routeKey(request.method, request.routeOptions.url)];
-    if (access === undefined || access === "open" || authorization.forwardedByMember(request)) {
+    if (
+      access === undefined ||
+      access === "open" ||
+      !authorization.acl.enabled ||
+      authorization.forwardedByMember(request)
+    ) {
       request.caller = unrestricted;
+      request.reauthorize = () => {};
       return;
     }
-    const caller = authorization.acl.resolve(tokenOf(request.headers));
-    if (caller === undefined) {
-      authorization.denied(request, null, null);
-      throw new MusterError(
-        "MUSTER_ERR_PERMISSION_DENIED",
-        "permission denied: no token has this secret (never made, or revoked)",
-        "token",
-      );
-    }
-    request.caller = caller;
-    if (access === "anyone") return;
-    const permission = access(request.params as Record<string, string | undefined>);
-    if (!caller.authorizer.allows(permission))
-      throw deny(request, authorization, caller, permission);
+    const authorize = () => {
+      const caller = authorization.acl.resolve(tokenOf(request.headers));
+      if (caller === undefined) {
+        authorization.denied(request, null, null);
+        throw new MusterError(
+          "MUSTER_ERR_PERMISSION_DENIED",
+          "permission denied: no token has this secret (never made, or revoked)",
+          "token",
+        );
+      }
+      request.caller = caller;
+      if (access === "anyone") return;
+      const permission = access(request.params as Record<string, string | undefined>);
+      if (!caller.authorizer.allows(permission))
+        throw deny(request, authorization, caller, permission);
+    };
+    authorize();
+    request.reauthorize = authorize;
   });
 }
 

@@ -6,7 +6,7 @@ import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Lock, type LockKind, lockKey, type Session } from "../fsm/locks.js";
 import { Duration, formatDuration, ReadQuery, sessionIdPattern } from "./schemas.js";
-import { clientGone, openEventStream } from "./streams.js";
+import { clientGone, openEventStream, stillAllowed } from "./streams.js";
 
 const defaultSessionTtlMs = 15_000;
 const maxSessionTtlMs = 3_600_000;
@@ -373,6 +373,7 @@ export function lockRoutes(agent: Agent) {
         });
         try {
           watching: while (!stream.gone.aborted) {
+            if (!stillAllowed(request, stream)) break;
             for (let event = pending.shift(); event !== undefined; event = pending.shift()) {
               if (!stream.send(event.id, "leader", event.data)) break watching;
             }
@@ -409,6 +410,7 @@ async function blockingLockRead(
   const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
   while (view.index <= query.index && !signal.aborted) {
     await agent.watches.next(lockKey(kind, name), signal);
+    request.reauthorize();
     view = lockView(agent, kind, name);
   }
   return view;

@@ -15,7 +15,7 @@ import {
   ServiceQuery,
   WatchQuery,
 } from "./schemas.js";
-import { clientGone, openEventStream } from "./streams.js";
+import { clientGone, openEventStream, stillAllowed } from "./streams.js";
 
 const defaultTtlMs = 10_000;
 const maxMetaValueBytes = 512;
@@ -122,6 +122,7 @@ async function blockingRead<T extends { index: number }>(
     const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
     while (current.index <= query.index && !signal.aborted) {
       await agent.watches.next(service, signal);
+      reply.request.reauthorize();
       current = read();
     }
     return current;
@@ -259,6 +260,7 @@ export function registryRoutes(agent: Agent) {
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
           while (!stream.gone.aborted) {
+            if (!stillAllowed(request, stream)) break;
             const view = views.get(service, request.query);
             if (view.index > sent) {
               sent = view.index;

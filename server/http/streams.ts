@@ -1,4 +1,5 @@
-import type { FastifyReply } from "fastify";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { MusterError } from "../errors.js";
 
 /** What a watch stream may hold for a client that does not read before it is dropped. */
 const maxUnreadBytes = 1024 * 1024;
@@ -26,6 +27,8 @@ export interface EventStream {
   readonly gone: AbortSignal;
   /** Send one event; false once the client has fallen too far behind (then stop). */
   send(id: number, event: string, data: string): boolean;
+  /** An `error` event (no id: resuming after it is not possible) before the stream ends. */
+  fail(error: MusterError): void;
   close(): void;
 }
 
@@ -47,9 +50,24 @@ export function openEventStream(reply: FastifyReply, headers: Record<string, str
       // A watcher that stops reading is dropped rather than buffered for without end.
       return response.writableLength <= maxUnreadBytes;
     },
+    fail(error) {
+      response.write(`event: error\ndata: ${JSON.stringify(error.toJSON())}\n\n`);
+    },
     close() {
       clearInterval(keepAlive);
       response.end();
     },
   };
+}
+
+/** Whether the stream's request still passes the ACLs; if not, says why on the stream. */
+export function stillAllowed(request: FastifyRequest, stream: EventStream): boolean {
+  try {
+    request.reauthorize();
+    return true;
+  } catch (error) {
+    if (!(error instanceof MusterError)) throw error;
+    stream.fail(error);
+    return false;
+  }
 }

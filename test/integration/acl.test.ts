@@ -260,6 +260,49 @@ describe("ACLs", () => {
     for (const ms of refusedAfter) expect(ms).toBeLessThan(1000);
   });
 
+  it("a revoked token ends the watch stream and the blocking query it holds open", async () => {
+    await policy("web-reader", [{ resource: "service", prefix: "web", access: "read" }]);
+    const watcher = await token(["web-reader"]);
+    await knownEverywhere(watcher.secret);
+    const node = cluster.get(follower).http;
+    const headers = { authorization: `Bearer ${watcher.secret}` };
+    const stream = await fetch(`http://${node}/v1/watch/services/web`, {
+      headers,
+      signal: AbortSignal.timeout(15_000),
+    });
+    expect(stream.status).toBe(200);
+    const index = Number(stream.headers.get("x-muster-index") ?? 0);
+    const blocking = fetch(`http://${node}/v1/services/web?index=${index + 1000}&wait=10s`, {
+      headers,
+      signal: AbortSignal.timeout(15_000),
+    });
+    const reader = (stream.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    // The first event is the current state.
+    while (!text.includes("event: instances")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    await sleep(200);
+    const deleted = await cluster.request(leader, "DELETE", `/v1/acl/tokens/${watcher.accessor}`);
+    expect(deleted.status).toBe(200);
+    const revokedAt = performance.now();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    const endedAfter = performance.now() - revokedAt;
+    expect(text).toContain("event: error");
+    expect(text).toContain("MUSTER_ERR_PERMISSION_DENIED");
+    expect(endedAfter).toBeLessThan(1000);
+    const answer = await blocking;
+    expect(answer.status).toBe(403);
+    expect(performance.now() - revokedAt).toBeLessThan(1000);
+  });
+
   it("gRPC: the token travels in metadata; a denial is PERMISSION_DENIED naming the permission", async () => {
     const { Registry } = (
       grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
