@@ -2,6 +2,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidArgumentError } from "commander";
+import { ApiFetch } from "./api-fetch.js";
+import type { TlsMaterial } from "./tls-files.js";
 
 /**
  * `muster lock NAME -- COMMAND` and `muster elect NAME --value V -- COMMAND`, like `consul
@@ -17,6 +19,8 @@ export interface LockCommandOptions {
   readonly name: string;
   /** HTTP addresses (host:port) of muster nodes, tried in order. */
   readonly addresses: readonly string[];
+  /** HTTPS with this CA (and client certificate); null: plain HTTP. */
+  readonly tls: TlsMaterial | null;
   readonly ttlMs: number;
   /** The session's lockDelay; the server's default when undefined. */
   readonly lockDelayMs?: number;
@@ -97,6 +101,7 @@ export class MusterHttpClient {
   constructor(
     addresses: readonly string[],
     private readonly timeoutMs: number,
+    private readonly api: ApiFetch,
   ) {
     if (addresses.length === 0) throw new Error("no muster HTTP address");
     this.addresses = [...addresses];
@@ -150,7 +155,7 @@ export class MusterHttpClient {
     const timeout = AbortSignal.timeout(timeoutMs);
     const signal =
       options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]);
-    const response = await fetch(`http://${address}${path}`, {
+    const response = await this.api.fetch(address, path, {
       method,
       ...(body === undefined
         ? {}
@@ -199,14 +204,14 @@ export function parseLockName(text: string): string {
   return text;
 }
 
-/** "host:port[,host:port...]" (an http:// prefix is allowed) -> addresses. */
+/** "host:port[,host:port...]" (an http:// or https:// prefix is allowed) -> addresses. */
 export function parseHttpAddresses(text: string): string[] {
   const addresses = text
     .split(",")
     .map((address) =>
       address
         .trim()
-        .replace(/^http:\/\//, "")
+        .replace(/^https?:\/\//, "")
         .replace(/\/$/, ""),
     )
     .filter((address) => address !== "");
@@ -254,7 +259,11 @@ class LockRunner {
   private killTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: LockCommandOptions) {
-    this.client = new MusterHttpClient(options.addresses, options.requestTimeoutMs);
+    this.client = new MusterHttpClient(
+      options.addresses,
+      options.requestTimeoutMs,
+      new ApiFetch(options.tls),
+    );
     this.ends = endpoints[options.kind];
     const prefix = `muster ${options.kind === "lock" ? "lock" : "elect"}`;
     const write = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));

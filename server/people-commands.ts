@@ -1,10 +1,18 @@
+import { ApiFetch } from "./api-fetch.js";
 import { MusterHttpClient } from "./lock-command.js";
+import type { TlsMaterial } from "./tls-files.js";
 
 /** What `muster members`, `services` and `register` print: a table, or JSON with --json. */
 
 export interface OutputOptions {
   readonly http: string[];
   readonly json: boolean;
+  /** HTTPS with this CA (and client certificate); null: plain HTTP. */
+  readonly tls: TlsMaterial | null;
+}
+
+function client(options: OutputOptions): MusterHttpClient {
+  return new MusterHttpClient(options.http, 5000, new ApiFetch(options.tls));
 }
 
 /** Columns padded to their widest cell; a header line first. */
@@ -21,8 +29,7 @@ export function table(headers: readonly string[], rows: readonly (readonly strin
 }
 
 async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
-  const client = new MusterHttpClient(options.http, 5000);
-  const answer = await client.call("GET", path);
+  const answer = await client(options).call("GET", path);
   if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
   return answer.body;
 }
@@ -84,9 +91,8 @@ export async function register(
   options: OutputOptions,
   registration: Registration,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000);
   const { service, id, ...body } = registration;
-  const answer = await client.call(
+  const answer = await client(options).call(
     "PUT",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
     { body },
@@ -101,8 +107,7 @@ export async function deregister(
   service: string,
   id: string,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000);
-  const answer = await client.call(
+  const answer = await client(options).call(
     "DELETE",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
   );
