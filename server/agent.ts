@@ -11,7 +11,7 @@ import { bootstrapState, joiningState } from "../raft/core/raft.js";
 import { RaftError, RaftNode } from "../raft/node.js";
 import { LevelStorage } from "../raft/storage/level-storage.js";
 import { GrpcTransport } from "../raft/transport/grpc-transport.js";
-import { ApiFetch } from "./api-fetch.js";
+import { ApiFetch, describeFetchFailure } from "./api-fetch.js";
 import type { AgentConfig } from "./config.js";
 import { MusterError } from "./errors.js";
 import {
@@ -34,6 +34,7 @@ import { secureContextOptions, TlsCredentials } from "./tls.js";
 import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
+const joinTimeoutMs = 10_000;
 /** Appends stay well under the peers' message limit (4 MiB), whatever the entries hold. */
 const maxAppendBytes = 1024 * 1024;
 /** How long a write may wait for a leader before it fails with 503. */
@@ -160,12 +161,18 @@ export class Agent {
     config: AgentConfig,
     api: ApiFetch,
   ): Promise<{ clusterId: string; peers: Map<string, string> }> {
-    const response = await api.fetch(config.join as string, "/v1/cluster/members", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(ownAddresses(config)),
-      signal: AbortSignal.timeout(10_000),
-    });
+    const response = await api
+      .fetch(config.join as string, "/v1/cluster/members", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(ownAddresses(config)),
+        signal: AbortSignal.timeout(joinTimeoutMs),
+      })
+      .catch((error: unknown) => {
+        throw new Error(
+          `joining through ${config.join} failed: ${describeFetchFailure(error, joinTimeoutMs)}`,
+        );
+      });
     const body = (await response.json()) as {
       clusterId?: string;
       members?: { id: string; raft: string }[];

@@ -29,6 +29,16 @@ export class ApiFetch {
   }
 }
 
+/** Why a request got no answer, in a few words: fetch itself only says "fetch failed". */
+export function describeFetchFailure(error: unknown, timeoutMs: number): string {
+  if (error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError"))
+    return `no answer within ${timeoutMs} ms`;
+  const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
+  if (typeof cause?.code === "string") return cause.code;
+  if (typeof cause?.message === "string") return cause.message;
+  return error instanceof Error ? error.message : String(error);
+}
+
 function dispatcherFor(tls: TlsMaterial): Agent {
   return new Agent({
     connect: {

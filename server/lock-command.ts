@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidArgumentError } from "commander";
-import { ApiFetch } from "./api-fetch.js";
+import { ApiFetch, describeFetchFailure } from "./api-fetch.js";
 import type { TlsMaterial } from "./tls-files.js";
 
 /**
@@ -137,7 +137,7 @@ export class MusterHttpClient {
         failure = `${address} answered ${answer.status}: ${errorMessage(answer)}`;
       } catch (error) {
         if (options.signal?.aborted === true) throw options.signal.reason ?? error;
-        failure = `${address}: ${describeFailure(error, timeoutMs)}`;
+        failure = `${address}: ${describeFetchFailure(error, timeoutMs)}`;
       }
       this.current = (this.current + 1) % this.addresses.length;
     }
@@ -180,15 +180,6 @@ export class MusterHttpClient {
 export function errorMessage(answer: HttpAnswer): string {
   const error = answer.body.error as { message?: unknown } | undefined;
   return typeof error?.message === "string" ? error.message : `HTTP ${answer.status}`;
-}
-
-function describeFailure(error: unknown, timeoutMs: number): string {
-  if (error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError"))
-    return `no answer within ${timeoutMs} ms`;
-  const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
-  if (typeof cause?.code === "string") return cause.code;
-  if (typeof cause?.message === "string") return cause.message;
-  return error instanceof Error ? error.message : String(error);
 }
 
 function formatMs(ms: number): string {
