@@ -1,7 +1,9 @@
+import { spawnSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "node:tls";
+import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { Agent, fetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,6 +17,7 @@ import {
   writeTlsFiles,
 } from "./tls-certs.js";
 
+const cli = fileURLToPath(new URL("../../server/cli.ts", import.meta.url));
 const ids = ["n1", "n2", "n3"];
 let dir: string;
 let ca: TestCa;
@@ -102,6 +105,19 @@ function healthCheck(address: string, credentials: grpc.ChannelCredentials): Pro
   }).finally(() => client.close());
 }
 
+/** `muster ARGS` run to completion, with the environment cleared of MUSTER_TLS_*. */
+function muster(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith("MUSTER_TLS_")),
+  );
+  const run = spawnSync(process.execPath, ["--import", "tsx", cli, ...args], {
+    encoding: "utf8",
+    timeout: 30_000,
+    env,
+  });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
 async function register(id: string, instance: string): Promise<number> {
   const answer = await cluster.request(id, "PUT", `/v1/services/web/instances/${instance}`, {
     address: "10.0.0.1",
@@ -144,6 +160,18 @@ describe("TLS", () => {
     } finally {
       await stranger.close();
     }
+  });
+
+  it("lets the CLI list members and services over HTTPS with --tls-ca", () => {
+    const http = ["--http", `https://${cluster.get("n2").http}`];
+    const members = muster("members", ...http, "--tls-ca", shared.ca);
+    expect(members.status, members.stderr).toBe(0);
+    expect(members.stdout).toMatch(/^n1 +(leader|follower) /m);
+    const services = muster("services", "web", "--json", ...http, "--tls-ca", shared.ca);
+    expect(services.status, services.stderr).toBe(0);
+    expect(JSON.parse(services.stdout).service).toBe("web");
+    const plain = muster("members", "--http", cluster.get("n2").http);
+    expect(plain.status).toBe(1);
   });
 
   it("serves gRPC over TLS with the CA and refuses an insecure client", async () => {
@@ -271,6 +299,19 @@ describe("TLS with --tls-verify-clients", () => {
       Buffer.from(member.keyPem),
       Buffer.from(member.certPem),
     );
+    const cliWithCert = muster(
+      "services",
+      "--http",
+      node.http,
+      "--tls-ca",
+      shared.ca,
+      "--tls-cert",
+      shared.cert,
+      "--tls-key",
+      shared.key,
+    );
+    expect(cliWithCert.status, cliWithCert.stderr).toBe(0);
+    expect(muster("services", "--http", node.http, "--tls-ca", shared.ca).status).toBe(1);
     // Health turns SERVING within a refresh (250 ms) of the node knowing its leader.
     await eventually("gRPC health over mutual TLS", async () =>
       (await healthCheck(node.grpc, mutual)).toString("hex") === serving ? true : undefined,
