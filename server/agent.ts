@@ -146,7 +146,7 @@ export class Agent {
     }
     // A node that already holds a log is a member: it restarts, it does not join again.
     if (stored === null && config.join !== null) {
-      const joined = await Agent.askToJoin(config, api);
+      const joined = await Agent.askToJoin(config, config.join, api);
       clusterId = joined.clusterId;
       joinPeers = joined.peers;
     }
@@ -159,10 +159,11 @@ export class Agent {
   /** Ask a running member to add this node as a learner; returns the cluster id and its members. */
   private static async askToJoin(
     config: AgentConfig,
+    join: string,
     api: ApiFetch,
   ): Promise<{ clusterId: string; peers: Map<string, string> }> {
     const response = await api
-      .fetch(config.join as string, "/v1/cluster/members", {
+      .fetch(join, "/v1/cluster/members", {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify(ownAddresses(config)),
@@ -170,7 +171,7 @@ export class Agent {
       })
       .catch((error: unknown) => {
         throw new Error(
-          `joining through ${config.join} failed: ${describeFetchFailure(error, joinTimeoutMs)}`,
+          `joining through ${join} failed: ${describeFetchFailure(error, joinTimeoutMs)}`,
         );
       });
     const body = (await response.json()) as {
@@ -179,9 +180,7 @@ export class Agent {
       error?: { message: string };
     };
     if (!response.ok || typeof body.clusterId !== "string") {
-      throw new Error(
-        `joining through ${config.join} failed: ${body.error?.message ?? response.status}`,
-      );
+      throw new Error(`joining through ${join} failed: ${body.error?.message ?? response.status}`);
     }
     return {
       clusterId: body.clusterId,
@@ -288,6 +287,7 @@ export class Agent {
       },
       this.tls?.apiServerCredentials() ?? grpc.ServerCredentials.createInsecure(),
     );
+    // Registered only with TLS on, so the HTTP server is an HTTPS one.
     this.tls?.onChange((material) => {
       (this.http.server as unknown as HttpsServer).setSecureContext(secureContextOptions(material));
       this.api.use(material);

@@ -422,7 +422,10 @@ function tlsSettings(pick: (key: string) => unknown, verifyClients: boolean): Tl
     return value as string | undefined;
   });
   if (certFile === undefined && keyFile === undefined && caFile === undefined) {
-    if (verifyClients) throw new InvalidArgumentError("--tls-verify-clients needs --tls-cert");
+    if (verifyClients)
+      throw new InvalidArgumentError(
+        "--tls-verify-clients needs TLS on (--tls-cert, --tls-key and --tls-ca)",
+      );
     return null;
   }
   if (certFile === undefined)
