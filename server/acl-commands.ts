@@ -1,6 +1,5 @@
 import { type AclRule, formatRule } from "./acl/rules.js";
-import { MusterHttpClient } from "./lock-command.js";
-import { errorText, get, type OutputOptions, table } from "./people-commands.js";
+import { client, errorText, get, type OutputOptions, table } from "./people-commands.js";
 
 /** What `muster acl ...` prints: a table, or the API's JSON with --json. */
 
@@ -10,8 +9,7 @@ async function send(
   path: string,
   body?: unknown,
 ): Promise<Record<string, unknown>> {
-  const client = new MusterHttpClient(options.http, 5000, options.token);
-  const answer = await client.call(method, path, body === undefined ? {} : { body });
+  const answer = await client(options).call(method, path, body === undefined ? {} : { body });
   if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
   return answer.body;
 }

@@ -1,6 +1,8 @@
 import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
+import type { Server as HttpsServer } from "node:https";
 import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { RegistryDnsView } from "../dns/registry-view.js";
@@ -11,6 +13,7 @@ import { LevelStorage } from "../raft/storage/level-storage.js";
 import { GrpcTransport } from "../raft/transport/grpc-transport.js";
 import { AclResolver, hashSecret } from "./acl/resolver.js";
 import { describePermission, type Permission } from "./acl/rules.js";
+import { ApiFetch, describeFetchFailure } from "./api-fetch.js";
 import type { AgentConfig } from "./config.js";
 import { MusterError } from "./errors.js";
 import {
@@ -29,9 +32,11 @@ import { forwardedHeader, forwardingKeyHeader, WatchQuota } from "./http/limits.
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
+import { secureContextOptions, TlsCredentials } from "./tls.js";
 import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
+const joinTimeoutMs = 10_000;
 /** Appends stay well under the peers' message limit (4 MiB), whatever the entries hold. */
 const maxAppendBytes = 1024 * 1024;
 /** How long a write may wait for a leader before it fails with 503. */
@@ -68,6 +73,9 @@ export class Agent {
     readonly config: AgentConfig,
     private readonly logger: Logger,
     private clusterId: string,
+    private readonly tls: TlsCredentials | null,
+    /** Requests to other members' HTTP APIs (forwarded writes, joining). */
+    private readonly api: ApiFetch,
   ) {
     this.watchQuota = new WatchQuota(config);
     this.acl = new AclResolver(config.aclEnabled, this.fsm.acl);
@@ -129,6 +137,9 @@ export class Agent {
   }
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
+    // Bad certificate files stop the start here, before anything binds.
+    const tls = config.tls === null ? null : TlsCredentials.load(config.tls);
+    const api = new ApiFetch(tls?.current ?? null);
     await mkdir(config.dataDir, { recursive: true });
     const clusterIdFile = join(config.dataDir, "cluster-id");
     const stored = await readFile(clusterIdFile, "utf8").catch(() => null);
@@ -139,12 +150,12 @@ export class Agent {
     }
     // A node that already holds a log is a member: it restarts, it does not join again.
     if (stored === null && config.join !== null) {
-      const joined = await Agent.askToJoin(config);
+      const joined = await Agent.askToJoin(config, config.join, api);
       clusterId = joined.clusterId;
       joinPeers = joined.peers;
     }
     if (stored === null) await writeFile(clusterIdFile, clusterId);
-    const agent = new Agent(config, logger, clusterId);
+    const agent = new Agent(config, logger, clusterId, tls, api);
     await agent.open(joinPeers);
     return agent;
   }
@@ -152,25 +163,31 @@ export class Agent {
   /** Ask a running member to add this node as a learner; returns the cluster id and its members. */
   private static async askToJoin(
     config: AgentConfig,
+    join: string,
+    api: ApiFetch,
   ): Promise<{ clusterId: string; peers: Map<string, string> }> {
-    const response = await fetch(`http://${config.join}/v1/cluster/members`, {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        ...(config.aclToken === null ? {} : { authorization: `Bearer ${config.aclToken}` }),
-      },
-      body: JSON.stringify(ownAddresses(config)),
-      signal: AbortSignal.timeout(10_000),
-    });
+    const response = await api
+      .fetch(join, "/v1/cluster/members", {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          ...(config.aclToken === null ? {} : { authorization: `Bearer ${config.aclToken}` }),
+        },
+        body: JSON.stringify(ownAddresses(config)),
+        signal: AbortSignal.timeout(joinTimeoutMs),
+      })
+      .catch((error: unknown) => {
+        throw new Error(
+          `joining through ${join} failed: ${describeFetchFailure(error, joinTimeoutMs)}`,
+        );
+      });
     const body = (await response.json()) as {
       clusterId?: string;
       members?: { id: string; raft: string }[];
       error?: { message: string };
     };
     if (!response.ok || typeof body.clusterId !== "string") {
-      throw new Error(
-        `joining through ${config.join} failed: ${body.error?.message ?? response.status}`,
-      );
+      throw new Error(`joining through ${join} failed: ${body.error?.message ?? response.status}`);
     }
     return {
       clusterId: body.clusterId,
@@ -195,6 +212,14 @@ export class Agent {
       maxQueuedFrames: 8192,
       snapshotChunkBytes: 1024 * 1024,
       maxSnapshotBytes: 1024 * 1024 * 1024,
+      ...(this.tls === null
+        ? {}
+        : {
+            credentials: {
+              server: this.tls.peerServerCredentials(),
+              channel: this.tls.peerChannelCredentials(),
+            },
+          }),
       isMember: (node) => {
         // Frames can arrive before the Raft node has started.
         if (this.node === undefined) return false;
@@ -246,25 +271,34 @@ export class Agent {
     this.lessorTimer = setInterval(() => this.runLessor(), lessorIntervalMs);
     this.lessorTimer.unref();
     this.syncPeers();
-    this.http = buildHttpApp(this);
+    this.http = buildHttpApp(this, this.tls?.httpsServerOptions() ?? null);
     const [host, port] = splitAddress(config.http);
     await this.http.listen({ host, port });
-    this.grpc = await GrpcApi.start(config.grpc, {
-      http: async (call, caller) => {
-        const answer = await this.http.inject({
-          method: call.method,
-          url: call.url,
-          remoteAddress: caller.address,
-          ...(caller.token === null ? {} : { headers: { "x-muster-token": caller.token } }),
-          ...(call.body === undefined ? {} : { payload: call.body as object }),
-        });
-        return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
+    this.grpc = await GrpcApi.start(
+      config.grpc,
+      {
+        http: async (call, caller) => {
+          const answer = await this.http.inject({
+            method: call.method,
+            url: call.url,
+            remoteAddress: caller.address,
+            ...(caller.token === null ? {} : { headers: { "x-muster-token": caller.token } }),
+            ...(call.body === undefined ? {} : { payload: call.body as object }),
+          });
+          return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
+        },
+        leaderGrpc: () => {
+          const leader = this.node.status().leader;
+          return leader === null ? null : (this.fsm.member(leader)?.grpc ?? null);
+        },
+        hasLeader: () => this.node.status().leader !== null,
       },
-      leaderGrpc: () => {
-        const leader = this.node.status().leader;
-        return leader === null ? null : (this.fsm.member(leader)?.grpc ?? null);
-      },
-      hasLeader: () => this.node.status().leader !== null,
+      this.tls?.apiServerCredentials() ?? grpc.ServerCredentials.createInsecure(),
+    );
+    // Registered only with TLS on, so the HTTP server is an HTTPS one.
+    this.tls?.onChange((material) => {
+      (this.http.server as unknown as HttpsServer).setSecureContext(secureContextOptions(material));
+      this.api.use(material);
     });
     this.housekeeping = setInterval(() => void this.keepHouse(), 200);
     this.housekeeping.unref();
@@ -276,6 +310,7 @@ export class Agent {
         dns: config.dns,
         dataDir: config.dataDir,
         clusterId: this.clusterId,
+        tls: this.tls === null ? null : { serialNumber: this.tls.current.identity.serialNumber },
       },
       "agent started",
     );
@@ -284,6 +319,30 @@ export class Agent {
         { bug: config.plantedBug },
         "a known bug is planted: for testing the fault checkers only",
       );
+  }
+
+  /**
+   * SIGHUP: read the certificate files again; new connections (HTTP, gRPC, Raft) use them.
+   * A bad file is logged and the certificates in use stay.
+   */
+  reloadTls(): void {
+    if (this.tls === null) {
+      this.logger.info("SIGHUP: TLS is off, nothing to reload");
+      return;
+    }
+    try {
+      const material = this.tls.reload();
+      this.logger.info(
+        { event: "tls-reloaded", serialNumber: material.identity.serialNumber },
+        "TLS certificates reloaded",
+      );
+    } catch (error) {
+      this.logger.error(
+        { event: "tls-reload-failed", err: error },
+        "TLS certificates not reloaded, the current ones stay: %s",
+        (error as Error).message,
+      );
+    }
   }
 
   private setPeer(id: string, advertised: string): void {
@@ -318,7 +377,7 @@ export class Agent {
       ) {
         const leader = this.fsm.member(status.leader);
         if (leader !== undefined) {
-          await fetch(`http://${leader.http}/v1/cluster/members`, {
+          await this.api.fetch(leader.http, "/v1/cluster/members", {
             method: "POST",
             headers: {
               "content-type": "application/json",
@@ -557,7 +616,7 @@ export class Agent {
     index: string | null;
   } | null> {
     try {
-      const response = await fetch(`http://${leaderHttp}${request.url}`, {
+      const response = await this.api.fetch(leaderHttp, request.url, {
         method: request.method,
         ...(request.body === undefined
           ? { headers: this.forwardingHeaders(this.clientOf(request)) }

@@ -10,6 +10,7 @@ import {
   runLockCommand,
 } from "./lock-command.js";
 import * as people from "./people-commands.js";
+import { readTlsMaterial, type TlsMaterial } from "./tls-files.js";
 
 const shutdownLimitMs = 5000;
 
@@ -46,6 +47,7 @@ async function runAgent(command: Command): Promise<void> {
       },
     );
   };
+  process.on("SIGHUP", () => started.reloadTls());
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
 }
@@ -115,7 +117,43 @@ function tokenOption(): Option {
   );
 }
 
-interface LockCliOptions {
+/** --tls-ca, --tls-cert and --tls-key of the subcommands that talk to the HTTP API. */
+function addClientTlsOptions(command: Command): Command {
+  return command
+    .addOption(
+      new Option("--tls-ca <file>", "speak HTTPS, checking the node against this CA (PEM)").env(
+        "MUSTER_TLS_CA",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--tls-cert <file>",
+        "client certificate (PEM), for a cluster with --tls-verify-clients",
+      ).env("MUSTER_TLS_CERT"),
+    )
+    .addOption(new Option("--tls-key <file>", "its private key (PEM)").env("MUSTER_TLS_KEY"));
+}
+
+interface ClientTlsOptions {
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+}
+
+function clientTls(options: ClientTlsOptions): TlsMaterial | null {
+  if (options.tlsCa === undefined) {
+    if (options.tlsCert !== undefined || options.tlsKey !== undefined)
+      throw new InvalidArgumentError("--tls-cert and --tls-key need --tls-ca");
+    return null;
+  }
+  return readTlsMaterial({
+    caFile: options.tlsCa,
+    ...(options.tlsCert === undefined ? {} : { certFile: options.tlsCert }),
+    ...(options.tlsKey === undefined ? {} : { keyFile: options.tlsKey }),
+  });
+}
+
+interface LockCliOptions extends ClientTlsOptions {
   http: string[];
   token?: string;
   ttl: number;
@@ -189,6 +227,7 @@ function lockSubcommand(kind: LockCommandKind): Command {
     .addOption(
       durationOption("--request-timeout <duration>", "timeout of each HTTP request", "5s"),
     );
+  addClientTlsOptions(command);
   if (isLock) command.option("--value <value>", "the holder's value, shown to others");
   else command.requiredOption("--value <value>", "this candidate's identity, e.g. its address");
   return command
@@ -198,6 +237,7 @@ function lockSubcommand(kind: LockCommandKind): Command {
         kind,
         name,
         addresses: options.http,
+        tls: clientTls(options),
         ttlMs: options.ttl,
         ...(options.lockDelay === undefined ? {} : { lockDelayMs: options.lockDelay }),
         waitMs: options.wait,
@@ -213,9 +253,9 @@ function lockSubcommand(kind: LockCommandKind): Command {
 program.addCommand(lockSubcommand("lock"));
 program.addCommand(lockSubcommand("election"));
 
-/** --http and --json, shared by the subcommands for people. */
+/** --http, TLS and --json, shared by the subcommands for people. */
 function clientCommand(name: string, description: string): Command {
-  return new Command(name)
+  return addClientTlsOptions(new Command(name))
     .description(description)
     .addOption(
       new Option("--http <addresses>", "HTTP address of a muster node (comma-separated: fallbacks)")
@@ -237,10 +277,11 @@ function print(run: () => Promise<string>): Promise<void> {
   );
 }
 
-type ClientOptions = { http: string[]; json?: boolean; token?: string };
-const output = (options: ClientOptions) => ({
+type ClientOptions = ClientTlsOptions & { http: string[]; json?: boolean; token?: string };
+const output = (options: ClientOptions): people.OutputOptions => ({
   http: options.http,
   json: options.json === true,
+  tls: clientTls(options),
   token: options.token || null,
 });
 

@@ -44,11 +44,22 @@ export interface AgentConfig {
   readonly aclBootstrapToken: string | null;
   /** The token this agent presents to the cluster it joins. */
   readonly aclToken: string | null;
+  /** TLS for the HTTP and gRPC APIs and mutual TLS between Raft peers; null: plain. */
+  readonly tls: TlsSettings | null;
   /**
    * A known bug to plant, only to show that the fault campaigns catch it (MUSTER_PLANTED_BUG;
    * never a flag): "local-reads" answers every read from local state.
    */
   readonly plantedBug: PlantedBug | null;
+}
+
+/** PEM files of this node's TLS identity and of the CA its peers (and clients) are checked against. */
+export interface TlsSettings {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly caFile: string;
+  /** HTTP and gRPC API clients must present a certificate signed by the CA (peers always must). */
+  readonly verifyClients: boolean;
 }
 
 /** "500ms", "10s", "2m", "1h" -> milliseconds. */
@@ -308,6 +319,21 @@ export function agentOptions(): Option[] {
       parseDuration,
     ),
     option(
+      "--tls-cert <file>",
+      "this node's certificate (PEM): turns on TLS for HTTP, gRPC and Raft (with --tls-key and --tls-ca)",
+      "MUSTER_TLS_CERT",
+    ),
+    option("--tls-key <file>", "the private key of --tls-cert (PEM)", "MUSTER_TLS_KEY"),
+    option(
+      "--tls-ca <file>",
+      "CA certificates (PEM) that peers, and clients with --tls-verify-clients, are checked against",
+      "MUSTER_TLS_CA",
+    ),
+    new Option(
+      "--tls-verify-clients",
+      "HTTP and gRPC API clients must present a certificate signed by --tls-ca",
+    ).env("MUSTER_TLS_VERIFY_CLIENTS"),
+    option(
       "--acl-enabled",
       "require a token whose policies allow each request; DNS follows the anonymous token",
       "MUSTER_ACL_ENABLED",
@@ -380,6 +406,7 @@ export function resolveConfig(command: Command): AgentConfig {
     );
   }
   const raft = pick("raft") as string;
+  const tls = tlsSettings(pick, booleanSetting(command, pick, "tlsVerifyClients"));
   return {
     nodeId,
     dataDir: (pick("dataDir") as string | undefined) ?? `./data/${nodeId}`,
@@ -411,9 +438,10 @@ export function resolveConfig(command: Command): AgentConfig {
     maxSessionsPerClient: Number(pick("maxSessionsPerClient")),
     maxEventLoopDelayMs:
       pick("maxEventLoopDelay") === undefined ? null : duration("maxEventLoopDelay"),
-    aclEnabled: pick("aclEnabled") === true,
+    aclEnabled: booleanSetting(command, pick, "aclEnabled"),
     aclBootstrapToken: secretOf(pick("aclBootstrapToken")),
     aclToken: secretOf(pick("aclToken")),
+    tls,
     plantedBug: plantedBug(process.env.MUSTER_PLANTED_BUG),
   };
 }
@@ -421,6 +449,51 @@ export function resolveConfig(command: Command): AgentConfig {
 /** The config file's values are not parsed by the flag's parser. */
 function secretOf(value: unknown): string | null {
   return typeof value === "string" ? parseSecret(value) : null;
+}
+
+/** The TLS flags, all or none: the files themselves are read when the agent starts. */
+function tlsSettings(pick: (key: string) => unknown, verifyClients: boolean): TlsSettings | null {
+  const [certFile, keyFile, caFile] = ["tlsCert", "tlsKey", "tlsCa"].map((key) => {
+    const value = pick(key);
+    if (value !== undefined && (typeof value !== "string" || value === ""))
+      throw new InvalidArgumentError(`${key} in --config must be a file name`);
+    return value as string | undefined;
+  });
+  if (certFile === undefined && keyFile === undefined && caFile === undefined) {
+    if (verifyClients)
+      throw new InvalidArgumentError(
+        "--tls-verify-clients needs TLS on (--tls-cert, --tls-key and --tls-ca)",
+      );
+    return null;
+  }
+  if (certFile === undefined)
+    throw new InvalidArgumentError("--tls-cert (or MUSTER_TLS_CERT) is required with TLS");
+  if (keyFile === undefined)
+    throw new InvalidArgumentError("--tls-key (or MUSTER_TLS_KEY) must go with --tls-cert");
+  if (caFile === undefined)
+    throw new InvalidArgumentError(
+      "--tls-ca (or MUSTER_TLS_CA) is required with TLS: peers verify each other against it",
+    );
+  return { certFile, keyFile, caFile, verifyClients };
+}
+
+/**
+ * A switch: true from the flag, "true"/"1" or "false"/"0" from the environment (commander
+ * would take any value, even "false", as on), true or false from the --config file.
+ */
+function booleanSetting(command: Command, pick: (key: string) => unknown, key: string): boolean {
+  const option = command.options.find((candidate) => candidate.attributeName() === key);
+  const envName = option?.envVar;
+  if (command.getOptionValueSource(key) === "env" && envName !== undefined) {
+    const text = (process.env[envName] ?? "").trim().toLowerCase();
+    if (text === "true" || text === "1") return true;
+    if (text === "false" || text === "0" || text === "") return false;
+    throw new InvalidArgumentError(`${envName} must be true or false, not "${text}"`);
+  }
+  const value = pick(key) ?? false;
+  if (typeof value !== "boolean")
+    throw new InvalidArgumentError(`${key} in --config must be true or false`);
+  return value;
 }
 
 function readConfigFile(path: string): RawOptions {

@@ -2,6 +2,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { InvalidArgumentError } from "commander";
+import { ApiFetch, describeFetchFailure } from "./api-fetch.js";
+import type { TlsMaterial } from "./tls-files.js";
 
 /**
  * `muster lock NAME -- COMMAND` and `muster elect NAME --value V -- COMMAND`, like `consul
@@ -17,6 +19,8 @@ export interface LockCommandOptions {
   readonly name: string;
   /** HTTP addresses (host:port) of muster nodes, tried in order. */
   readonly addresses: readonly string[];
+  /** HTTPS with this CA (and client certificate); null: plain HTTP. */
+  readonly tls: TlsMaterial | null;
   readonly ttlMs: number;
   /** The session's lockDelay; the server's default when undefined. */
   readonly lockDelayMs?: number;
@@ -99,6 +103,7 @@ export class MusterHttpClient {
   constructor(
     addresses: readonly string[],
     private readonly timeoutMs: number,
+    private readonly api: ApiFetch,
     /** The ACL token's secret, sent with every request; null: none. */
     private readonly token: string | null = null,
   ) {
@@ -136,7 +141,7 @@ export class MusterHttpClient {
         failure = `${address} answered ${answer.status}: ${errorMessage(answer)}`;
       } catch (error) {
         if (options.signal?.aborted === true) throw options.signal.reason ?? error;
-        failure = `${address}: ${describeFailure(error, timeoutMs)}`;
+        failure = `${address}: ${describeFetchFailure(error, timeoutMs)}`;
       }
       this.current = (this.current + 1) % this.addresses.length;
     }
@@ -157,7 +162,7 @@ export class MusterHttpClient {
     const headers: Record<string, string> = {};
     if (this.token !== null) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(`http://${address}${path}`, {
+    const response = await this.api.fetch(address, path, {
       method,
       headers,
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
@@ -183,15 +188,6 @@ export function errorMessage(answer: HttpAnswer): string {
   return typeof error?.message === "string" ? error.message : `HTTP ${answer.status}`;
 }
 
-function describeFailure(error: unknown, timeoutMs: number): string {
-  if (error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError"))
-    return `no answer within ${timeoutMs} ms`;
-  const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
-  if (typeof cause?.code === "string") return cause.code;
-  if (typeof cause?.message === "string") return cause.message;
-  return error instanceof Error ? error.message : String(error);
-}
-
 function formatMs(ms: number): string {
   if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;
@@ -205,14 +201,14 @@ export function parseLockName(text: string): string {
   return text;
 }
 
-/** "host:port[,host:port...]" (an http:// prefix is allowed) -> addresses. */
+/** "host:port[,host:port...]" (an http:// or https:// prefix is allowed) -> addresses. */
 export function parseHttpAddresses(text: string): string[] {
   const addresses = text
     .split(",")
     .map((address) =>
       address
         .trim()
-        .replace(/^http:\/\//, "")
+        .replace(/^https?:\/\//, "")
         .replace(/\/$/, ""),
     )
     .filter((address) => address !== "");
@@ -260,7 +256,12 @@ class LockRunner {
   private killTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: LockCommandOptions) {
-    this.client = new MusterHttpClient(options.addresses, options.requestTimeoutMs, options.token);
+    this.client = new MusterHttpClient(
+      options.addresses,
+      options.requestTimeoutMs,
+      new ApiFetch(options.tls),
+      options.token,
+    );
     this.ends = endpoints[options.kind];
     const prefix = `muster ${options.kind === "lock" ? "lock" : "elect"}`;
     const write = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));

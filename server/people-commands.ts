@@ -1,12 +1,20 @@
+import { ApiFetch } from "./api-fetch.js";
 import { MusterHttpClient } from "./lock-command.js";
+import type { TlsMaterial } from "./tls-files.js";
 
 /** What `muster members`, `services` and `register` print: a table, or JSON with --json. */
 
 export interface OutputOptions {
   readonly http: string[];
   readonly json: boolean;
+  /** HTTPS with this CA (and client certificate); null: plain HTTP. */
+  readonly tls: TlsMaterial | null;
   /** The ACL token's secret; null: none. */
   readonly token: string | null;
+}
+
+export function client(options: OutputOptions): MusterHttpClient {
+  return new MusterHttpClient(options.http, 5000, new ApiFetch(options.tls), options.token);
 }
 
 /** Columns padded to their widest cell; a header line first. */
@@ -23,8 +31,7 @@ export function table(headers: readonly string[], rows: readonly (readonly strin
 }
 
 export async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
-  const client = new MusterHttpClient(options.http, 5000, options.token);
-  const answer = await client.call("GET", path);
+  const answer = await client(options).call("GET", path);
   if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
   return answer.body;
 }
@@ -86,9 +93,8 @@ export async function register(
   options: OutputOptions,
   registration: Registration,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000, options.token);
   const { service, id, ...body } = registration;
-  const answer = await client.call(
+  const answer = await client(options).call(
     "PUT",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
     { body },
@@ -103,8 +109,7 @@ export async function deregister(
   service: string,
   id: string,
 ): Promise<string> {
-  const client = new MusterHttpClient(options.http, 5000, options.token);
-  const answer = await client.call(
+  const answer = await client(options).call(
     "DELETE",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
   );

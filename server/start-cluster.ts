@@ -67,3 +67,5 @@ function stop(): void {
 }
 process.on("SIGINT", stop);
 process.on("SIGTERM", stop);
+// Agents take SIGHUP as "reload certificates": a closed terminal must still stop the cluster.
+process.on("SIGHUP", stop);

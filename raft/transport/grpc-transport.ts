@@ -37,6 +37,13 @@ export interface GrpcTransportOptions {
    * dropped: a node outside the membership must never move a term or a leadership.
    */
   readonly isMember?: (node: NodeId) => boolean;
+  /** Mutual TLS between peers (both ends show and check certificates); plain when absent. */
+  readonly credentials?: PeerCredentials;
+}
+
+export interface PeerCredentials {
+  readonly server: grpc.ServerCredentials;
+  readonly channel: grpc.ChannelCredentials;
 }
 
 /** Why messages were dropped, for metrics and tests. */
@@ -91,8 +98,10 @@ export class GrpcTransport implements RaftTransport {
       ) => transport?.serveStream(call, callback),
     });
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (error, bound) =>
-        error === null ? resolve(bound) : reject(error),
+      server.bindAsync(
+        options.listen,
+        options.credentials?.server ?? grpc.ServerCredentials.createInsecure(),
+        (error, bound) => (error === null ? resolve(bound) : reject(error)),
       ),
     );
     transport = new GrpcTransport(options, server, port);
@@ -120,7 +129,15 @@ export class GrpcTransport implements RaftTransport {
     const current = this.senders.get(peer);
     if (current?.address === address) return;
     current?.close();
-    this.senders.set(peer, new PeerSender(address, this.options.maxQueuedFrames, this.counters));
+    this.senders.set(
+      peer,
+      new PeerSender(
+        address,
+        this.options.credentials?.channel ?? grpc.credentials.createInsecure(),
+        this.options.maxQueuedFrames,
+        this.counters,
+      ),
+    );
   }
 
   removePeer(peer: NodeId): void {
@@ -253,10 +270,11 @@ class PeerSender {
 
   constructor(
     readonly address: string,
+    credentials: grpc.ChannelCredentials,
     private readonly maxQueuedFrames: number,
     private readonly counters: TransportCounters,
   ) {
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), {
+    this.client = new grpc.Client(address, credentials, {
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.initial_reconnect_backoff_ms": minBackoffMs,

@@ -211,7 +211,12 @@ export class GrpcApi {
     this.refreshHealth();
   }
 
-  static async start(listen: string, backend: GrpcBackend): Promise<GrpcApi> {
+  /** `credentials`: TLS (see server/tls.ts) or insecure. */
+  static async start(
+    listen: string,
+    backend: GrpcBackend,
+    credentials: grpc.ServerCredentials,
+  ): Promise<GrpcApi> {
     const definition = protoLoader.loadSync(protoFile, {
       keepCase: false,
       longs: Number,
@@ -228,7 +233,7 @@ export class GrpcApi {
       interceptors: [boundedStatusDetails],
     });
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      server.bindAsync(listen, credentials, (error, bound) =>
         error === null ? resolve(bound) : reject(error),
       ),
     );

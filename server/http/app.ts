@@ -1,3 +1,4 @@
+import type { ServerOptions as HttpsServerOptions } from "node:https";
 import type { Socket } from "node:net";
 import swagger from "@fastify/swagger";
 import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
@@ -13,9 +14,13 @@ import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
 import { MemberBody, SelfPreservationBody } from "./schemas.js";
 
-/** The HTTP API: each area its own plugin, every body and parameter checked by its schema. */
-export function buildHttpApp(agent: Agent): FastifyInstance {
+/**
+ * The HTTP API: each area its own plugin, every body and parameter checked by its schema.
+ * `https`: serve HTTPS only (plain HTTP on the port fails its handshake); null: plain HTTP.
+ */
+export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): FastifyInstance {
   const app = Fastify({
+    ...(https === null ? {} : { https }),
     logger: false,
     bodyLimit: 64 * 1024,
     // Longer than any valid parameter, so that the schema, not the router, refuses it.

@@ -1,10 +1,12 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Agent, fetch } from "undici";
+import type { TlsFileSet } from "./tls-certs.js";
 
 const cli = fileURLToPath(new URL("../../server/cli.ts", import.meta.url));
 
@@ -97,35 +99,55 @@ export interface HttpAnswer {
 /** Real `muster agent` processes on 127.0.0.1, each with its own ports and data directory. */
 export class AgentCluster {
   readonly agents = new Map<string, AgentProcess>();
+  /** HTTPS with the cluster's CA and certificate when it runs TLS; undefined: plain HTTP. */
+  private readonly dispatcher: Agent | undefined;
 
   private constructor(
     /** Each agent's data directory and log (<id>.log) live under it. */
     readonly root: string,
     private readonly timingArgs: readonly string[],
     private readonly env: Readonly<Record<string, string>>,
+    private readonly tls: TlsFileSet | null,
     /** The ACL token `request` sends unless told otherwise. */
     private readonly token: string | null,
-  ) {}
+  ) {
+    this.dispatcher =
+      tls === null
+        ? undefined
+        : new Agent({
+            connect: {
+              ca: readFileSync(tls.ca),
+              cert: readFileSync(tls.cert),
+              key: readFileSync(tls.key),
+            },
+          });
+  }
 
   /**
    * `defaultTimings`: run with the product's default heartbeat and election timeout;
-   * `args`: more flags for every agent; `env`: more environment variables; `token`: the ACL
-   * token requests carry.
+   * `args`: more flags for every agent; `env`: more environment variables; `tls`: every
+   * agent runs TLS with these files (start's `args` may give one agent others), and the
+   * harness's requests speak HTTPS with them; `token`: the ACL token requests carry.
    */
   static async create(
     options: {
       defaultTimings?: boolean;
       args?: readonly string[];
       env?: Readonly<Record<string, string>>;
+      tls?: TlsFileSet;
       token?: string;
     } = {},
   ): Promise<AgentCluster> {
     const root = await mkdtemp(join(tmpdir(), "muster-cluster-"));
     const timings = options.defaultTimings === true ? defaultTimingArgs : fastTimingArgs;
+    const tls = options.tls ?? null;
+    const tlsArgs =
+      tls === null ? [] : [`--tls-ca=${tls.ca}`, `--tls-cert=${tls.cert}`, `--tls-key=${tls.key}`];
     return new AgentCluster(
       root,
-      [...timings, ...(options.args ?? [])],
+      [...timings, ...tlsArgs, ...(options.args ?? [])],
       options.env ?? {},
+      tls,
       options.token ?? null,
     );
   }
@@ -219,12 +241,14 @@ export class AgentCluster {
     body?: unknown,
     token: string | null = this.token,
   ): Promise<HttpAnswer> {
+    const scheme = this.tls === null ? "http" : "https";
     const headers: Record<string, string> = {};
     if (token !== null) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(`http://${this.get(id).http}${path}`, {
+    const response = await fetch(`${scheme}://${this.get(id).http}${path}`, {
       method,
       headers,
+      dispatcher: this.dispatcher,
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(8000),
     });
@@ -275,6 +299,7 @@ export class AgentCluster {
 
   async destroy(): Promise<void> {
     for (const agent of this.agents.values()) await this.kill(agent.id, "SIGKILL");
+    await this.dispatcher?.close();
     if (process.env.MUSTER_KEEP_TEST_DATA === undefined)
       await rm(this.root, { recursive: true, force: true });
   }

@@ -1,0 +1,83 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createSecureContext } from "node:tls";
+
+/**
+ * Reading TLS files (PEM) for the agent and the CLI: every failure names the flag and the
+ * file, so an operator knows which one to fix. No grpc-js here: the CLI loads this too.
+ */
+
+/** Where the PEM files are; cert and key go together (a client may have neither). */
+export interface TlsFiles {
+  readonly caFile: string;
+  readonly certFile?: string;
+  readonly keyFile?: string;
+}
+
+export interface TlsIdentity {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /** The certificate's serial number (hex), for logs. */
+  readonly serialNumber: string;
+}
+
+export interface TlsMaterial {
+  readonly ca: Buffer;
+  readonly identity: TlsIdentity | null;
+}
+
+export class TlsFileError extends Error {}
+
+export function readTlsMaterial(files: TlsFiles): TlsMaterial {
+  const ca = readPem("--tls-ca", files.caFile);
+  const caCertificates = ca.toString("latin1").split("-----BEGIN CERTIFICATE-----").length - 1;
+  try {
+    if (caCertificates === 0) throw new Error("no PEM certificate in it");
+    createSecureContext({ ca });
+  } catch (error) {
+    throw new TlsFileError(`--tls-ca ${files.caFile}: ${reason(error)}`);
+  }
+  if (files.certFile === undefined && files.keyFile === undefined) return { ca, identity: null };
+  if (files.certFile === undefined || files.keyFile === undefined)
+    throw new TlsFileError("--tls-cert and --tls-key go together");
+  const identity = readIdentity(files.certFile, files.keyFile);
+  try {
+    createSecureContext({ ca, cert: identity.cert, key: identity.key });
+  } catch (error) {
+    throw new TlsFileError(`--tls-cert ${files.certFile}: ${reason(error)}`);
+  }
+  return { ca, identity };
+}
+
+function readIdentity(certFile: string, keyFile: string): TlsIdentity {
+  const cert = readPem("--tls-cert", certFile);
+  const key = readPem("--tls-key", keyFile);
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(cert);
+  } catch (error) {
+    throw new TlsFileError(`--tls-cert ${certFile}: not a PEM certificate (${reason(error)})`);
+  }
+  let privateKey: ReturnType<typeof createPrivateKey>;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (error) {
+    throw new TlsFileError(`--tls-key ${keyFile}: not a PEM private key (${reason(error)})`);
+  }
+  if (!certificate.checkPrivateKey(privateKey))
+    throw new TlsFileError(`--tls-key ${keyFile} is not the key of --tls-cert ${certFile}`);
+  return { cert, key, serialNumber: certificate.serialNumber };
+}
+
+function readPem(flag: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (error) {
+    throw new TlsFileError(`${flag} ${file}: cannot read it (${reason(error)})`);
+  }
+}
+
+function reason(error: unknown): string {
+  const { code, message } = error as { code?: unknown; message?: unknown };
+  return typeof code === "string" && !code.startsWith("ERR_") ? code : String(message);
+}
