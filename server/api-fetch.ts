@@ -23,9 +23,14 @@ export class ApiFetch {
     void old?.close();
   }
 
-  /** `address`: host:port of a node's HTTP API; `path` starts with a slash. */
+  /**
+   * `address`: host:port of a node's HTTP API, or https://host:port (HTTPS, with the system's
+   * CAs when there is no TLS material); `path` starts with a slash.
+   */
   fetch(address: string, path: string, init: RequestInit): Promise<Response> {
-    return fetch(`${this.scheme}://${address}${path}`, { ...init, dispatcher: this.dispatcher });
+    const host = address.replace(/^https:\/\//, "");
+    const scheme = host === address ? this.scheme : "https";
+    return fetch(`${scheme}://${host}${path}`, { ...init, dispatcher: this.dispatcher });
   }
 }
 

@@ -202,18 +202,20 @@ export function parseLockName(text: string): string {
 }
 
 /** "host:port[,host:port...]" (an http:// or https:// prefix is allowed) -> addresses. */
+/** "host:port" or "https://host:port" (HTTPS with the system's CAs unless --tls-ca is given). */
 export function parseHttpAddresses(text: string): string[] {
   const addresses = text
     .split(",")
     .map((address) =>
       address
         .trim()
-        .replace(/^https?:\/\//, "")
+        .replace(/^http:\/\//, "")
         .replace(/\/$/, ""),
     )
     .filter((address) => address !== "");
   const bad = addresses.find(
-    (address) => !/^([^\s:/[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/.test(address),
+    (address) =>
+      !/^([^\s:/[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/.test(address.replace(/^https:\/\//, "")),
   );
   if (addresses.length === 0 || bad !== undefined)
     throw new InvalidArgumentError(`"${bad ?? text}" is not an address like 127.0.0.1:7700`);

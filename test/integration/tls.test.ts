@@ -172,6 +172,11 @@ describe("TLS", () => {
     expect(JSON.parse(services.stdout).service).toBe("web");
     const plain = muster("members", "--http", cluster.get("n2").http);
     expect(plain.status).toBe(1);
+    // https:// without --tls-ca speaks HTTPS checked against the system's CAs, which do not
+    // know this cluster's.
+    const systemCas = muster("members", ...http);
+    expect(systemCas.status).toBe(1);
+    expect(systemCas.stderr).toMatch(/CERT|certificate/i);
   });
 
   it("serves gRPC over TLS with the CA and refuses an insecure client", async () => {
