@@ -64,6 +64,15 @@ export interface HttpOptions {
   readonly followLeader?: boolean;
   /** The ACL token's secret, for a cluster with ACLs on; a denial throws MusterApiError 403. */
   readonly token?: string;
+  /**
+   * For a cluster with TLS on (give endpoints as https://host:port): the CA to check nodes
+   * against (default: the system's), and a client certificate for --tls-verify-clients.
+   */
+  readonly tls?: {
+    readonly ca?: string | Buffer;
+    readonly cert?: string | Buffer;
+    readonly key?: string | Buffer;
+  };
 }
 
 /** Answers that another node (or the same one a little later) may answer better. */
@@ -119,7 +128,16 @@ export class RegistryHttp {
     this.followLeader = options.followLeader ?? true;
     this.authorization =
       options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
-    this.dispatcher = new Agent({ keepAliveTimeout: 30_000 });
+    const tls = options.tls ?? {};
+    if ((tls.cert === undefined) !== (tls.key === undefined))
+      throw new TypeError("tls: cert and key go together");
+    this.dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connect: {
+        ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+        ...(tls.cert === undefined ? {} : { cert: tls.cert, key: tls.key }),
+      },
+    });
   }
 
   /** Drop every connection, aborting calls in flight (blocking reads and streams included). */

@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { Agent, fetch } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MusterClient } from "../../client-sdk/src/index.js";
 import { AgentCluster, eventually, sleep } from "./agents.js";
 import {
   issueCert,
@@ -177,6 +178,42 @@ describe("TLS", () => {
     const systemCas = muster("members", ...http);
     expect(systemCas.status).toBe(1);
     expect(systemCas.stderr).toMatch(/CERT|certificate/i);
+  });
+
+  it("the SDK registers and discovers over HTTPS with the CA", async () => {
+    const client = new MusterClient({
+      endpoints: ids.map((id) => `https://${cluster.get(id).http}`),
+      tls: { ca: ca.certPem },
+      timeoutMs: 3000,
+      deadlineMs: 15_000,
+    });
+    try {
+      const registration = await client.register({
+        service: "tls-sdk",
+        id: "s1",
+        address: "10.0.0.7",
+        port: 87,
+        ttl: "10s",
+        drainDelay: "100ms",
+        handleSignals: false,
+      });
+      const view = client.discover("tls-sdk");
+      await view.ready();
+      expect(view.instances.map((instance) => instance.id)).toEqual(["s1"]);
+      await registration.close();
+    } finally {
+      await client.close();
+    }
+    const untrusting = new MusterClient({
+      endpoints: [`https://${cluster.get("n1").http}`],
+      timeoutMs: 1000,
+      deadlineMs: 2000,
+    });
+    try {
+      await expect(untrusting.call("GET", "/v1/services")).rejects.toThrow();
+    } finally {
+      await untrusting.close();
+    }
   });
 
   it("serves gRPC over TLS with the CA and refuses an insecure client", async () => {
