@@ -63,8 +63,10 @@ interface PendingProposal<Result> extends Pending {
   readonly resolve: (value: { index: number; result: Result | undefined }) => void;
 }
 
+/** Reads that asked in the same turn of the event loop: one ReadIndex serves them all. */
 interface PendingRead extends Pending {
   readonly resolve: (index: number) => void;
+  readonly waiters: { resolve: (index: number) => void; reject: (error: Error) => void }[];
   index: number | null;
 }
 
@@ -86,6 +88,8 @@ export class RaftNode<Result> {
   private readonly ticker: NodeJS.Timeout;
   private readonly proposals = new Map<number, PendingProposal<Result>>();
   private readonly reads = new Map<number, PendingRead>();
+  /** Reads asked for in this turn, not yet handed to the core. */
+  private gathering: PendingRead | null = null;
   private nextReadId = 1;
   private applied = 0;
   private snapshotIndex = 0;
@@ -202,20 +206,45 @@ export class RaftNode<Result> {
     });
   }
 
-  /** A linearizable read barrier: resolves with an index once this node has applied it. */
+  /**
+   * A linearizable read barrier: resolves with an index once this node has applied it. The
+   * reads of one turn of the event loop share one ReadIndex (one message to the leader, one
+   * heartbeat round), asked after the last of them arrived, so its index serves them all.
+   */
   readIndex(timeoutMs: number): Promise<number> {
     if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
-    const requestId = this.nextReadId++;
     return new Promise((resolve, reject) => {
-      this.reads.set(requestId, {
-        resolve,
-        reject,
-        deadline: performance.now() + timeoutMs,
-        what: `read not confirmed within ${timeoutMs} ms`,
-        index: null,
-      });
-      this.guarded(() => this.core.readIndex(requestId));
+      if (this.gathering === null) {
+        const waiters: PendingRead["waiters"] = [];
+        this.gathering = {
+          waiters,
+          resolve: (index) => {
+            for (const waiter of waiters) waiter.resolve(index);
+          },
+          reject: (error) => {
+            for (const waiter of waiters) waiter.reject(error);
+          },
+          deadline: performance.now() + timeoutMs,
+          what: `read not confirmed within ${timeoutMs} ms`,
+          index: null,
+        };
+        setImmediate(() => this.askReadIndex());
+      }
+      this.gathering.waiters.push({ resolve, reject });
     });
+  }
+
+  private askReadIndex(): void {
+    const group = this.gathering;
+    this.gathering = null;
+    if (group === null) return;
+    if (this.stopped) {
+      group.reject(new RaftError("stopped", "the node stopped"));
+      return;
+    }
+    const requestId = this.nextReadId++;
+    this.reads.set(requestId, group);
+    this.guarded(() => this.core.readIndex(requestId));
   }
 
   transferLeadership(target: NodeId): boolean {

@@ -5,10 +5,12 @@ import type { RaftTransport } from "./transport.js";
 export class MemoryNetwork {
   private readonly handlers = new Map<NodeId, (message: Message) => void>();
   private readonly cut = new Set<NodeId>();
+  private readonly sentByType = new Map<Message["type"], number>();
 
   transport(id: NodeId): RaftTransport {
     return {
       send: (message) => {
+        this.sentByType.set(message.type, (this.sentByType.get(message.type) ?? 0) + 1);
         if (this.cut.has(message.from) || this.cut.has(message.to)) return;
         setImmediate(() => this.handlers.get(message.to)?.(message));
       },
@@ -19,6 +21,11 @@ export class MemoryNetwork {
         this.handlers.delete(id);
       },
     };
+  }
+
+  /** How many messages of this type were sent, delivered or not. */
+  sent(type: Message["type"]): number {
+    return this.sentByType.get(type) ?? 0;
   }
 
   /** Cut a node off from everyone (or reconnect it). */

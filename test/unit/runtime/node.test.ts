@@ -57,6 +57,29 @@ describe("RaftNode runtime over an in-memory network", () => {
     expect(follower?.machine.items).toContain("x");
   });
 
+  it("reads asked in one turn share one ReadIndex, and each sees what was committed before it", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const follower = [...cluster.members.values()].find((m) => m !== leader) as MemoryMember;
+    await waitFor("the follower knows the leader", () =>
+      follower.node.status().leader === leader.node.id ? true : undefined,
+    );
+    const { index } = await leader.node.propose(new TextEncoder().encode("y"), 2000);
+    const before = cluster.network.sent("read-index");
+    const indexes = await Promise.all(
+      Array.from({ length: 50 }, () => follower.node.readIndex(2000)),
+    );
+    expect(cluster.network.sent("read-index") - before).toBe(1);
+    for (const read of indexes) expect(read).toBeGreaterThanOrEqual(index);
+    expect(follower.machine.items).toContain("y");
+    // A read asked after the first batch went out waits for a ReadIndex of its own.
+    const first = follower.node.readIndex(2000);
+    await new Promise((resolve) => setImmediate(resolve));
+    const second = follower.node.readIndex(2000);
+    await Promise.all([first, second]);
+    expect(cluster.network.sent("read-index") - before).toBe(3);
+  });
+
   it("elects a new leader when the old one is cut off, and keeps every acknowledged entry", async () => {
     cluster = await startMemoryCluster();
     const members = cluster.members;
