@@ -92,6 +92,8 @@ export class RaftNode<Result> {
   private gathering: PendingRead | null = null;
   private nextReadId = 1;
   private applied = 0;
+  /** The last log index this node's storage holds (synced). */
+  private persistedIndex: number;
   private snapshotIndex = 0;
   private loop: Promise<void> | null = null;
   private stopped = false;
@@ -103,6 +105,7 @@ export class RaftNode<Result> {
     this.options = options;
     this.core = core;
     this.applied = snapshotIndex;
+    this.persistedIndex = core.status().lastIndex;
     this.snapshotIndex = snapshotIndex;
     this.leaseClock = new LeaseClock(
       (options.raft.electionTicks - leaseMarginTicks) * options.tickIntervalMs,
@@ -323,25 +326,44 @@ export class RaftNode<Result> {
       const ready = this.core.ready();
       this.leaseClock.handedOut(ready.messages, performance.now());
       for (const message of ready.messages) this.options.transport.send(message);
+      // Committed entries already on this node's disk are applied (and their writers
+      // answered) while this batch's write runs, not after it: a leader's commits then wait
+      // for one synced write fewer. The rest wait for the write, as Raft requires.
+      // (Entries this batch rewrites are not on disk as they will be.)
+      const durable = Math.min(this.persistedIndex, (ready.entries[0]?.index ?? Infinity) - 1);
+      const early =
+        ready.snapshot === null
+          ? ready.committedEntries.filter((entry) => entry.index <= durable)
+          : [];
+      this.applyEntries(early);
       if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
         await this.options.storage.persist(ready);
       }
       if (this.stopped) return;
+      const last = ready.entries[ready.entries.length - 1];
+      if (last !== undefined) this.persistedIndex = last.index;
+      else if (ready.snapshot !== null) this.persistedIndex = ready.snapshot.index;
       this.leaseClock.handedOut(ready.messagesAfterPersist, performance.now());
       for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
-      this.apply(ready);
+      this.apply(ready, early.length);
       this.core.advance(ready);
       await this.maybeSnapshot();
     }
   }
 
-  private apply(ready: Ready): void {
+  /** The rest of `ready`: its snapshot, the committed entries after the first `done`, reads. */
+  private apply(ready: Ready, done: number): void {
     if (ready.snapshot !== null) {
       this.options.stateMachine.restore(ready.snapshot.data);
       this.applied = ready.snapshot.index;
       this.snapshotIndex = ready.snapshot.index;
     }
-    for (const entry of ready.committedEntries) {
+    this.applyEntries(ready.committedEntries.slice(done));
+    this.settleReads(ready);
+  }
+
+  private applyEntries(entries: readonly Entry[]): void {
+    for (const entry of entries) {
       const result = entry.type === "normal" ? this.options.stateMachine.apply(entry) : undefined;
       this.applied = entry.index;
       const proposal = this.proposals.get(entry.index);
@@ -350,6 +372,9 @@ export class RaftNode<Result> {
       if (proposal.term === entry.term) proposal.resolve({ index: entry.index, result });
       else proposal.reject(overwritten());
     }
+  }
+
+  private settleReads(ready: Ready): void {
     for (const state of ready.readStates) {
       const read = this.reads.get(state.requestId);
       if (read === undefined) continue;
