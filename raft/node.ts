@@ -52,7 +52,7 @@ export interface RaftNodeOptions<Result> {
 
 /** Deadlines are checked on each tick: one timer for all waiting callers. */
 interface Pending {
-  readonly reject: (error: Error) => void;
+  reject(error: Error): void;
   /** performance.now() after which the caller gets a timeout. */
   readonly deadline: number;
   readonly what: string;
@@ -65,8 +65,9 @@ interface PendingProposal<Result> extends Pending {
 
 /** Reads that asked in the same turn of the event loop: one ReadIndex serves them all. */
 interface PendingRead extends Pending {
-  readonly resolve: (index: number) => void;
   readonly waiters: { resolve: (index: number) => void; reject: (error: Error) => void }[];
+  /** The latest deadline of its readers. */
+  deadline: number;
   index: number | null;
 }
 
@@ -217,22 +218,20 @@ export class RaftNode<Result> {
   readIndex(timeoutMs: number): Promise<number> {
     if (this.stopped) return Promise.reject(new RaftError("stopped", "the node is stopping"));
     return new Promise((resolve, reject) => {
+      const deadline = performance.now() + timeoutMs;
       if (this.gathering === null) {
-        const waiters: PendingRead["waiters"] = [];
         this.gathering = {
-          waiters,
-          resolve: (index) => {
-            for (const waiter of waiters) waiter.resolve(index);
+          waiters: [],
+          reject(error) {
+            for (const waiter of this.waiters) waiter.reject(error);
           },
-          reject: (error) => {
-            for (const waiter of waiters) waiter.reject(error);
-          },
-          deadline: performance.now() + timeoutMs,
+          deadline,
           what: `read not confirmed within ${timeoutMs} ms`,
           index: null,
         };
         setImmediate(() => this.askReadIndex());
       }
+      this.gathering.deadline = Math.max(this.gathering.deadline, deadline);
       this.gathering.waiters.push({ resolve, reject });
     });
   }
@@ -389,7 +388,7 @@ export class RaftNode<Result> {
     for (const [requestId, read] of this.reads) {
       if (read.index !== null && read.index <= this.applied) {
         this.reads.delete(requestId);
-        read.resolve(read.index);
+        for (const waiter of read.waiters) waiter.resolve(read.index);
       }
     }
   }

@@ -28,6 +28,7 @@ import {
 } from "./fsm/registry.js";
 import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
+import { tokenOf } from "./http/authorize.js";
 import { forwardedHeader, forwardingKeyHeader, WatchQuota } from "./http/limits.js";
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
@@ -36,6 +37,8 @@ import { secureContextOptions, TlsCredentials } from "./tls.js";
 import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
+/** Where the first leader keeps a management secret it made (in its data directory, 0600). */
+const bootstrapSecretFile = "acl-bootstrap-token";
 const joinTimeoutMs = 10_000;
 /** Appends stay well under the peers' message limit (4 MiB), whatever the entries hold. */
 const maxAppendBytes = 1024 * 1024;
@@ -67,6 +70,7 @@ export class Agent {
   private dns!: DnsServer;
   private grpc!: GrpcApi;
   private housekeeping: NodeJS.Timeout | null = null;
+  private housekeepingRound = false;
   private stopping = false;
 
   private constructor(
@@ -358,7 +362,17 @@ export class Agent {
 
   /** Record this node's addresses in the registry; as leader, promote learners that caught up. */
   private async keepHouse(): Promise<void> {
-    if (this.stopping) return;
+    // One round at a time: a slow proposal must not stack rounds behind it.
+    if (this.stopping || this.housekeepingRound) return;
+    this.housekeepingRound = true;
+    try {
+      await this.keepHouseOnce();
+    } finally {
+      this.housekeepingRound = false;
+    }
+  }
+
+  private async keepHouseOnce(): Promise<void> {
     const status = this.node.status();
     const own = ownAddresses(this.config);
     const recorded = this.fsm.member(this.config.nodeId);
@@ -381,7 +395,7 @@ export class Agent {
             method: "POST",
             headers: {
               "content-type": "application/json",
-              ...this.forwardingHeaders(hostOf(own.http)),
+              ...this.memberHeaders(),
             },
             body: JSON.stringify(own),
             signal: AbortSignal.timeout(2000),
@@ -396,7 +410,14 @@ export class Agent {
   /** The first leader with ACLs on makes the management token; a secret it made is logged once. */
   private async bootstrapAcl(): Promise<void> {
     const given = this.config.aclBootstrapToken;
-    const secret = given ?? randomBytes(24).toString("base64url");
+    const secretFile = join(this.config.dataDir, bootstrapSecretFile);
+    // Written before it is proposed: a proposal that times out may still commit, and the
+    // secret must not be lost then. Every attempt proposes the same secret.
+    let secret = given ?? (await readFile(secretFile, "utf8").catch(() => null));
+    if (secret === null) {
+      secret = randomBytes(24).toString("base64url");
+      await writeFile(secretFile, secret, { mode: 0o600 });
+    }
     const result = await this.propose({
       op: "acl-bootstrap",
       accessor: randomUUID(),
@@ -407,12 +428,12 @@ export class Agent {
       {
         event: "acl-bootstrap",
         accessor: result.token.accessor,
-        ...(given === null ? { secret } : {}),
+        ...(given === null ? { secretFile } : {}),
       },
       given === null
-        ? "ACL management token made; its secret is shown this once: %s"
+        ? "ACL management token made; its secret is in %s (keep it elsewhere, then delete the file)"
         : "ACL management token made from --acl-bootstrap-token",
-      given === null ? secret : "",
+      given === null ? secretFile : "",
     );
   }
 
@@ -530,11 +551,31 @@ export class Agent {
     return { ...result, index };
   }
 
+  /**
+   * With ACLs on, only the token that created a session (or one that may write `acl`) may
+   * renew or end it: session ids are visible to anyone who can read a lock it holds.
+   */
+  checkSessionOwner(request: FastifyRequest, id: string): void {
+    const owner = this.fsm.locks.session(id)?.owner ?? null;
+    const { caller } = request;
+    if (owner === null || owner === caller.accessor) return;
+    const manage: Permission = { resource: "acl", name: "", access: "write" };
+    if (caller.authorizer.allows(manage)) return;
+    this.denied(request, manage, caller.accessor);
+    throw new MusterError(
+      "MUSTER_ERR_PERMISSION_DENIED",
+      `permission denied: session ${id} belongs to another token (ending another token's session needs acl write)`,
+      undefined,
+      describePermission(manage),
+    );
+  }
+
   /** Renew a session's TTL on the leader; false when there is no such session. */
   async renewSession(request: FastifyRequest, reply: FastifyReply, id: string): Promise<unknown> {
     return this.forwardUnlessLeader(request, reply, async () => {
       if (!this.lessor.isLeading) throw new RaftError("not-leader", "lessor not started yet");
       const session = this.fsm.locks.session(id);
+      this.checkSessionOwner(request, id);
       if (session === undefined || !this.lessor.renewSession(id)) {
         throw new MusterError("MUSTER_ERR_NOT_FOUND", `no session ${id}`, "id");
       }
@@ -619,11 +660,11 @@ export class Agent {
       const response = await this.api.fetch(leaderHttp, request.url, {
         method: request.method,
         ...(request.body === undefined
-          ? { headers: this.forwardingHeaders(this.clientOf(request)) }
+          ? { headers: this.forwardingHeaders(request) }
           : {
               headers: {
                 "content-type": "application/json",
-                ...this.forwardingHeaders(this.clientOf(request)),
+                ...this.forwardingHeaders(request),
               },
               body: JSON.stringify(request.body),
             }),
@@ -729,13 +770,28 @@ export class Agent {
     return expected.length === given.length && timingSafeEqual(expected, given);
   }
 
-  /** What a request forwarded to the leader carries: its client, and the proof it is ours. */
-  private forwardingHeaders(client: string): Record<string, string> {
-    const key = this.fsm.forwardingKey;
+  /**
+   * What a request forwarded to the leader carries: its client, its token (the leader checks
+   * it again against its own, newest ACLs), and the proof that a member sent it.
+   */
+  private forwardingHeaders(request: FastifyRequest): Record<string, string> {
+    const token = tokenOf(request.headers);
     return {
-      [forwardedHeader]: client,
-      ...(key === null ? {} : { [forwardingKeyHeader]: key }),
+      [forwardedHeader]: this.clientOf(request),
+      ...(token === null ? {} : { "x-muster-token": token }),
+      ...this.memberHeaders(),
     };
+  }
+
+  /** What a member's own request carries: the proof that a member sent it. */
+  private memberHeaders(): Record<string, string> {
+    const key = this.fsm.forwardingKey;
+    return key === null ? {} : { [forwardingKeyHeader]: key };
+  }
+
+  /** A request a member made for itself, not one it forwarded: no ACL applies to it. */
+  memberOwnRequest(request: FastifyRequest): boolean {
+    return request.headers[forwardedHeader] === undefined && this.forwardedByMember(request);
   }
 
   membersInfo(): unknown {
@@ -823,11 +879,6 @@ function ownAddresses(config: AgentConfig): MemberAddresses {
 export function splitAddress(address: string): [string, number] {
   const at = address.lastIndexOf(":");
   return [address.slice(0, at), Number(address.slice(at + 1))];
-}
-
-/** "127.0.0.1:7700" -> "127.0.0.1". */
-function hostOf(address: string): string {
-  return address.slice(0, address.lastIndexOf(":"));
 }
 
 /** A state machine refusal as the API's error. */

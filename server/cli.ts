@@ -27,6 +27,11 @@ async function runAgent(command: Command): Promise<void> {
       return status === undefined ? {} : { term: status.term, role: status.role };
     },
   });
+  // Caught from the start: SIGHUP's default action would end an agent still starting up.
+  process.on("SIGHUP", () => {
+    if (agent === null) logger.warn("SIGHUP while starting: certificates are read at start anyway");
+    else agent.reloadTls();
+  });
   agent = await Agent.start(config, logger);
   const started = agent;
   let shuttingDown = false;
@@ -47,7 +52,6 @@ async function runAgent(command: Command): Promise<void> {
       },
     );
   };
-  process.on("SIGHUP", () => started.reloadTls());
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
 }

@@ -201,8 +201,10 @@ export function parseLockName(text: string): string {
   return text;
 }
 
-/** "host:port[,host:port...]" (an http:// or https:// prefix is allowed) -> addresses. */
-/** "host:port" or "https://host:port" (HTTPS with the system's CAs unless --tls-ca is given). */
+/**
+ * "host:port[,host:port...]" -> addresses; an http:// prefix is dropped, an https:// one kept
+ * (HTTPS with the system's CAs unless --tls-ca is given).
+ */
 export function parseHttpAddresses(text: string): string[] {
   const addresses = text
     .split(",")

@@ -32,9 +32,17 @@ export class AclResolver {
   private cachedAt = -1;
 
   constructor(
-    readonly enabled: boolean,
+    private readonly flag: boolean,
     private readonly table: AclTable,
   ) {}
+
+  /**
+   * On with --acl-enabled, and on every node once the cluster has a management token: a
+   * node started without the flag must not open a cluster that has ACLs.
+   */
+  get enabled(): boolean {
+    return this.flag || this.table.isBootstrapped;
+  }
 
   /** The caller a secret names (null: the anonymous token); undefined when no token has it. */
   resolve(secret: string | null): Caller | undefined {

@@ -9,6 +9,8 @@ export interface SessionSpec {
   readonly lockDelayMs: number;
   /** The address of the client that created it, for the cap on sessions per client. */
   readonly client: string;
+  /** The accessor of the ACL token that created it; null when ACLs were off. */
+  readonly owner?: string | null;
 }
 
 export interface Session extends SessionSpec {

@@ -107,7 +107,7 @@ export function aclRoutes(agent: Agent) {
         return tokenView(readToken(request.params.accessor));
       },
     );
-    // Policies are checked on the leader, which has applied every policy made before.
+    // Policies are checked on the leader, whose state a follower's may lag behind.
     app.post("/v1/acl/tokens", { schema: { body: TokenBody } }, async (request, reply) =>
       agent.forwardUnlessLeader(request, reply, async () => {
         checkPolicies(request.body.policies);

@@ -18,8 +18,8 @@ declare module "fastify" {
 
 export interface Authorization {
   readonly acl: AclResolver;
-  /** A member that forwards a request has checked it already. */
-  forwardedByMember(request: FastifyRequest): boolean;
+  /** A member's request for itself (recording its addresses), not a client's it forwards. */
+  memberOwnRequest(request: FastifyRequest): boolean;
   /** `permission` null: the token is not known. */
   denied(request: FastifyRequest, permission: Permission | null, accessor: string | null): void;
 }
@@ -51,12 +51,7 @@ export function authorizeRequests(app: FastifyInstance, authorization: Authoriza
   app.decorateRequest("reauthorize", null as unknown as () => void);
   app.addHook("onRequest", async (request) => {
     const access = routeAccess[routeKey(request.method, request.routeOptions.url)];
-    if (
-      access === undefined ||
-      access === "open" ||
-      !authorization.acl.enabled ||
-      authorization.forwardedByMember(request)
-    ) {
+    if (access === undefined || access === "open" || authorization.memberOwnRequest(request)) {
       request.caller = unrestricted;
       request.reauthorize = () => {};
       return;

@@ -200,6 +200,7 @@ export function lockRoutes(agent: Agent) {
                 behavior: body.behavior ?? "release",
                 lockDelayMs,
                 client: agent.clientOf(request),
+                owner: agent.acl.enabled ? request.caller.accessor : null,
               },
               maxPerClient: agent.config.maxSessionsPerClient,
             }),
@@ -220,15 +221,14 @@ export function lockRoutes(agent: Agent) {
     );
 
     app.delete("/v1/sessions/:id", { schema: { params: SessionParams } }, async (request, reply) =>
-      agent.write(
-        request,
-        reply,
-        { op: "session-end", id: request.params.id, reason: "deleted", now: Date.now() },
-        () => ({
-          id: request.params.id,
-          deleted: true,
-        }),
-      ),
+      agent.forwardUnlessLeader(request, reply, async () => {
+        const { id } = request.params;
+        agent.checkSessionOwner(request, id);
+        okOrThrow(
+          await agent.propose({ op: "session-end", id, reason: "deleted", now: Date.now() }),
+        );
+        return { id, deleted: true };
+      }),
     );
 
     app.get(

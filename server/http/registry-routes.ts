@@ -224,12 +224,14 @@ export function registryRoutes(agent: Agent) {
     );
 
     app.get("/v1/services", { schema: { querystring: ReadQuery } }, async (request, reply) => {
-      const { authorizer } = request.caller;
+      // The caller as of each answer: a blocking query checks its token again on every wake.
       const view = await blockingRead(agent, reply, request.query, null, () => ({
         index: agent.fsm.servicesIndex,
         services: agent.fsm
           .services()
-          .filter(({ name }) => authorizer.allows({ resource: "service", name, access: "read" })),
+          .filter(({ name }) =>
+            request.caller.authorizer.allows({ resource: "service", name, access: "read" }),
+          ),
       }));
       reply.header("X-Muster-Index", String(view.index));
       return view;

@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { Resolver } from "node:dns/promises";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -213,6 +213,54 @@ describe("ACLs", () => {
     expect(builtIn.status).toBe(409);
     const after = await cluster.request(leader, "GET", "/v1/acl/policies?consistency=linearizable");
     expect(after.body).toEqual(before.body);
+  });
+
+  it("a token may renew and end only its own sessions; the management token any", async () => {
+    await policy("sessions", [{ resource: "session", access: "write" }]);
+    const [alice, bob] = [await token(["sessions"]), await token(["sessions"])];
+    await knownEverywhere(alice.secret);
+    await knownEverywhere(bob.secret);
+    const created = await cluster.request(follower, "POST", "/v1/sessions", {}, alice.secret);
+    expect(created.status).toBe(200);
+    const id = created.body.id as string;
+    for (const node of ids) {
+      const renew = denial(
+        await cluster.request(node, "PUT", `/v1/sessions/${id}/renew`, undefined, bob.secret),
+      );
+      expect(renew.message).toContain("belongs to another token");
+      denial(await cluster.request(node, "DELETE", `/v1/sessions/${id}`, undefined, bob.secret));
+    }
+    expect(
+      (await cluster.request(follower, "PUT", `/v1/sessions/${id}/renew`, undefined, alice.secret))
+        .status,
+    ).toBe(200);
+    expect((await cluster.request(leader, "DELETE", `/v1/sessions/${id}`)).status).toBe(200);
+  });
+
+  it("a blocking service list answers with what the token may read when it answers", async () => {
+    await policy("lister", [{ resource: "service", access: "read" }]);
+    const lister = await token(["lister"]);
+    await knownEverywhere(lister.secret);
+    const now = await cluster.request(leader, "GET", "/v1/services", undefined, lister.secret);
+    const index = Number(now.body.index);
+    const blocking = cluster.request(
+      follower,
+      "GET",
+      `/v1/services?index=${index}&wait=5s`,
+      undefined,
+      lister.secret,
+    );
+    await sleep(200);
+    await policy("lister", [
+      { resource: "service", access: "read" },
+      { resource: "service", prefix: "db", access: "deny" },
+    ]);
+    await cluster.request(leader, "PUT", "/v1/services/late/instances/l1", instance);
+    const answer = await blocking;
+    expect(answer.status).toBe(200);
+    const names = (answer.body.services as { name: string }[]).map((service) => service.name);
+    expect(names).toContain("late");
+    expect(names).not.toContain("db");
   });
 
   it("the service list shows only what the token may read", async () => {
@@ -456,23 +504,28 @@ describe("ACLs", () => {
 describe("ACL bootstrap and joining", () => {
   let single: AgentCluster;
   beforeAll(async () => {
-    single = await AgentCluster.create({ args: ["--acl-enabled"] });
+    single = await AgentCluster.create();
   });
   afterAll(async () => {
     await single.destroy();
   });
 
-  it("without --acl-bootstrap-token the first leader logs a management secret once; joining takes a token", async () => {
-    await single.bootstrap(["s1"]);
+  it("without --acl-bootstrap-token the first leader keeps a management secret in its data directory; joining takes a token; a node without --acl-enabled enforces them", async () => {
+    await single.define("s1");
+    single.start("s1", [single.peersArg(["s1"]), "--acl-enabled"]);
     await single.leader();
+    const secretFile = join(single.get("s1").dataDir, "acl-bootstrap-token");
     const secret = await eventually(
-      "the bootstrap secret in the log",
+      "the bootstrap event in the log",
       async () => {
         const log = await readFile(join(single.root, "s1.log"), "utf8").catch(() => "");
-        return /"event":"acl-bootstrap"[^\n]*"secret":"([^"]+)"/.exec(log)?.[1];
+        if (!log.includes('"event":"acl-bootstrap"')) return undefined;
+        return readFile(secretFile, "utf8");
       },
       30_000,
     );
+    expect((await stat(secretFile)).mode & 0o777).toBe(0o600);
+    expect(await readFile(join(single.root, "s1.log"), "utf8")).not.toContain(secret);
     const self = await single.request("s1", "GET", "/v1/acl/tokens/self", undefined, secret);
     expect(self.status).toBe(200);
     expect(self.body.policies).toEqual(["global-management"]);
@@ -494,6 +547,7 @@ describe("ACL bootstrap and joining", () => {
     expect(code).not.toBe(0);
     const log = await readFile(join(single.root, "s2.log"), "utf8");
     expect(log).toContain("cluster write");
+    // s3 runs without --acl-enabled: the cluster's ACLs hold on it all the same.
     await single.define("s3");
     single.start("s3", [`--join=${single.get("s1").http}`, `--acl-token=${secret}`]);
     await eventually(
@@ -505,5 +559,28 @@ describe("ACL bootstrap and joining", () => {
       },
       30_000,
     );
+    const state = await eventually(
+      "s3 to apply the ACLs",
+      async () => {
+        const answer = await single.request(
+          "s3",
+          "GET",
+          "/v1/cluster/state-hash",
+          undefined,
+          secret,
+        );
+        return answer.status === 200 ? answer : undefined;
+      },
+      30_000,
+    );
+    expect(state.status).toBe(200);
+    const write = await single.request(
+      "s3",
+      "PUT",
+      "/v1/services/web/instances/x",
+      { address: "10.0.0.1", port: 80 },
+      null,
+    );
+    expect(write.status).toBe(403);
   });
 });
