@@ -33,7 +33,7 @@ import { forwardedHeader, forwardingKeyHeader, WatchQuota } from "./http/limits.
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
-import { secureContextOptions, TlsCredentials } from "./tls.js";
+import { httpsSecureContextOptions, TlsCredentials } from "./tls.js";
 import { Watches } from "./watches.js";
 
 const proposeTimeoutMs = 5000;
@@ -301,7 +301,9 @@ export class Agent {
     );
     // Registered only with TLS on, so the HTTP server is an HTTPS one.
     this.tls?.onChange((material) => {
-      (this.http.server as unknown as HttpsServer).setSecureContext(secureContextOptions(material));
+      (this.http.server as unknown as HttpsServer).setSecureContext(
+        httpsSecureContextOptions(material),
+      );
       this.api.use(material);
     });
     this.housekeeping = setInterval(() => void this.keepHouse(), 200);

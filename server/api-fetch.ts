@@ -4,7 +4,7 @@ import type { TlsMaterial } from "./tls-files.js";
 /**
  * Requests to muster's HTTP API, from a member (forwarding, joining) or the CLI: plain HTTP,
  * or HTTPS that checks the node against the CA and presents our certificate when we have one
- * (so a cluster with --tls-verify-clients serves us). Node 20's own fetch cannot take a CA,
+ * (so a cluster with --tls-client-ca serves us). Node 20's own fetch cannot take a CA,
  * hence undici's, with a dispatcher of our own.
  */
 export class ApiFetch {

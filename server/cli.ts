@@ -132,7 +132,7 @@ function addClientTlsOptions(command: Command): Command {
     .addOption(
       new Option(
         "--tls-cert <file>",
-        "client certificate (PEM), for a cluster with --tls-verify-clients",
+        "client certificate (PEM), for a cluster with --tls-client-ca",
       ).env("MUSTER_TLS_CERT"),
     )
     .addOption(new Option("--tls-key <file>", "its private key (PEM)").env("MUSTER_TLS_KEY"));

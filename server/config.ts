@@ -53,13 +53,17 @@ export interface AgentConfig {
   readonly plantedBug: PlantedBug | null;
 }
 
-/** PEM files of this node's TLS identity and of the CA its peers (and clients) are checked against. */
+/** PEM files of this node's TLS identity and of the CAs that peers and clients are checked against. */
 export interface TlsSettings {
   readonly certFile: string;
   readonly keyFile: string;
+  /** The cluster's CA: Raft peers are checked against it and nothing else. */
   readonly caFile: string;
-  /** HTTP and gRPC API clients must present a certificate signed by the CA (peers always must). */
-  readonly verifyClients: boolean;
+  /**
+   * Non-null: HTTP and gRPC API clients must show a certificate from this CA or the cluster's
+   * (members call each other's APIs with their node certificates). Never trusted for Raft.
+   */
+  readonly clientCaFile: string | null;
 }
 
 /** "500ms", "10s", "2m", "1h" -> milliseconds. */
@@ -326,13 +330,14 @@ export function agentOptions(): Option[] {
     option("--tls-key <file>", "the private key of --tls-cert (PEM)", "MUSTER_TLS_KEY"),
     option(
       "--tls-ca <file>",
-      "CA certificates (PEM) that peers, and clients with --tls-verify-clients, are checked against",
+      "the cluster's CA certificates (PEM): Raft peers are checked against these only",
       "MUSTER_TLS_CA",
     ),
-    new Option(
-      "--tls-verify-clients",
-      "HTTP and gRPC API clients must present a certificate signed by --tls-ca",
-    ).env("MUSTER_TLS_VERIFY_CLIENTS"),
+    option(
+      "--tls-client-ca <file>",
+      "HTTP and gRPC API clients must show a certificate from this CA (PEM) or from --tls-ca",
+      "MUSTER_TLS_CLIENT_CA",
+    ),
     option(
       "--acl-enabled",
       "require a token whose policies allow each request; DNS follows the anonymous token",
@@ -406,7 +411,7 @@ export function resolveConfig(command: Command): AgentConfig {
     );
   }
   const raft = pick("raft") as string;
-  const tls = tlsSettings(pick, booleanSetting(command, pick, "tlsVerifyClients"));
+  const tls = tlsSettings(pick);
   return {
     nodeId,
     dataDir: (pick("dataDir") as string | undefined) ?? `./data/${nodeId}`,
@@ -452,17 +457,22 @@ function secretOf(value: unknown): string | null {
 }
 
 /** The TLS flags, all or none: the files themselves are read when the agent starts. */
-function tlsSettings(pick: (key: string) => unknown, verifyClients: boolean): TlsSettings | null {
-  const [certFile, keyFile, caFile] = ["tlsCert", "tlsKey", "tlsCa"].map((key) => {
+function tlsSettings(pick: (key: string) => unknown): TlsSettings | null {
+  const [certFile, keyFile, caFile, clientCaFile] = [
+    "tlsCert",
+    "tlsKey",
+    "tlsCa",
+    "tlsClientCa",
+  ].map((key) => {
     const value = pick(key);
     if (value !== undefined && (typeof value !== "string" || value === ""))
       throw new InvalidArgumentError(`${key} in --config must be a file name`);
     return value as string | undefined;
   });
   if (certFile === undefined && keyFile === undefined && caFile === undefined) {
-    if (verifyClients)
+    if (clientCaFile !== undefined)
       throw new InvalidArgumentError(
-        "--tls-verify-clients needs TLS on (--tls-cert, --tls-key and --tls-ca)",
+        "--tls-client-ca needs TLS on (--tls-cert, --tls-key and --tls-ca)",
       );
     return null;
   }
@@ -474,7 +484,7 @@ function tlsSettings(pick: (key: string) => unknown, verifyClients: boolean): Tl
     throw new InvalidArgumentError(
       "--tls-ca (or MUSTER_TLS_CA) is required with TLS: peers verify each other against it",
     );
-  return { certFile, keyFile, caFile, verifyClients };
+  return { certFile, keyFile, caFile, clientCaFile: clientCaFile ?? null };
 }
 
 /**

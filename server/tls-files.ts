@@ -29,14 +29,7 @@ export interface TlsMaterial {
 export class TlsFileError extends Error {}
 
 export function readTlsMaterial(files: TlsFiles): TlsMaterial {
-  const ca = readPem("--tls-ca", files.caFile);
-  const caCertificates = ca.toString("latin1").split("-----BEGIN CERTIFICATE-----").length - 1;
-  try {
-    if (caCertificates === 0) throw new Error("no PEM certificate in it");
-    createSecureContext({ ca });
-  } catch (error) {
-    throw new TlsFileError(`--tls-ca ${files.caFile}: ${reason(error)}`);
-  }
+  const ca = readCaFile("--tls-ca", files.caFile);
   if (files.certFile === undefined && files.keyFile === undefined) return { ca, identity: null };
   if (files.certFile === undefined || files.keyFile === undefined)
     throw new TlsFileError("--tls-cert and --tls-key go together");
@@ -47,6 +40,19 @@ export function readTlsMaterial(files: TlsFiles): TlsMaterial {
     throw new TlsFileError(`--tls-cert ${files.certFile}: ${reason(error)}`);
   }
   return { ca, identity };
+}
+
+/** CA certificates (PEM) given with `flag`: at least one, and all of them parsable. */
+export function readCaFile(flag: string, file: string): Buffer {
+  const ca = readPem(flag, file);
+  const caCertificates = ca.toString("latin1").split("-----BEGIN CERTIFICATE-----").length - 1;
+  try {
+    if (caCertificates === 0) throw new Error("no PEM certificate in it");
+    createSecureContext({ ca });
+  } catch (error) {
+    throw new TlsFileError(`${flag} ${file}: ${reason(error)}`);
+  }
+  return ca;
 }
 
 function readIdentity(certFile: string, keyFile: string): TlsIdentity {

@@ -66,7 +66,7 @@ export interface HttpOptions {
   readonly token?: string;
   /**
    * For a cluster with TLS on (give endpoints as https://host:port): the CA to check nodes
-   * against (default: the system's), and a client certificate for --tls-verify-clients.
+   * against (default: the system's), and a client certificate for --tls-client-ca.
    */
   readonly tls?: {
     readonly ca?: string | Buffer;

@@ -313,10 +313,57 @@ describe("TLS", () => {
   });
 });
 
-describe("TLS with --tls-verify-clients", () => {
+const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/** Length 0, type 4 (SETTINGS), no flags, stream 0. */
+const emptySettingsFrame = Buffer.from("000000040000000000", "hex");
+
+/**
+ * What a TLS server at `address` does with a client showing `clientCert`: "served" once it
+ * answers the HTTP/2 preface, "closed" when it hangs up without a word, else the error's
+ * code. With TLS 1.3 the client's handshake completes before the server checks the client's
+ * certificate, and Node's server then closes a connection it refuses without an alert.
+ */
+function http2Greeting(address: string, clientCert: TestCert): Promise<string> {
+  const [host, port] = address.split(":") as [string, string];
+  return new Promise((resolve, reject) => {
+    const socket = connect(
+      {
+        host,
+        port: Number(port),
+        ca: ca.certPem,
+        cert: clientCert.certPem,
+        key: clientCert.keyPem,
+        ALPNProtocols: ["h2"],
+      },
+      // The client preface and an empty SETTINGS frame: a server that accepted us answers.
+      () => socket.write(Buffer.concat([Buffer.from(http2Preface), emptySettingsFrame])),
+    );
+    socket.setTimeout(5000, () => socket.destroy(new Error(`no answer from ${address}`)));
+    socket.once("data", () => {
+      resolve("served");
+      socket.destroy();
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) =>
+      error.code === undefined ? reject(error) : resolve(error.code),
+    );
+    socket.once("close", () => resolve("closed"));
+  });
+}
+
+describe("TLS with --tls-client-ca", () => {
   let strict: AgentCluster;
+  let clientCa: TestCa;
+  /** An API client's certificate, from the client CA. */
+  let apiClient: TestCert;
+  let clientFiles: TlsFileSet;
   beforeAll(async () => {
-    strict = await AgentCluster.create({ tls: shared, args: ["--tls-verify-clients"] });
+    clientCa = makeCa("muster test client CA");
+    apiClient = issueCert(clientCa, "api-client");
+    clientFiles = await writeTlsFiles(dir, "api-client", clientCa, apiClient);
+    strict = await AgentCluster.create({
+      tls: shared,
+      args: [`--tls-client-ca=${clientFiles.ca}`],
+    });
     await strict.bootstrap(["v1"]);
     await strict.leader();
   });
@@ -324,15 +371,19 @@ describe("TLS with --tls-verify-clients", () => {
     await strict?.destroy();
   });
 
-  it("serves HTTPS and gRPC clients with a certificate from the CA, and refuses those without", async () => {
+  it("serves HTTPS, gRPC and CLI clients with a certificate from the client CA, and refuses those without", async () => {
     const node = strict.get("v1");
-    const withCert = httpsClient(ca, member);
+    const withClientCert = httpsClient(ca, apiClient);
+    const withMemberCert = httpsClient(ca, member);
     const withoutCert = httpsClient(ca);
     try {
-      expect((await getJson(`https://${node.http}/v1/services`, withCert)).status).toBe(200);
+      expect((await getJson(`https://${node.http}/v1/services`, withClientCert)).status).toBe(200);
+      // Members call each other's APIs with their node certificates.
+      expect((await getJson(`https://${node.http}/v1/services`, withMemberCert)).status).toBe(200);
       await expect(getJson(`https://${node.http}/v1/services`, withoutCert)).rejects.toThrow();
     } finally {
-      await withCert.close();
+      await withClientCert.close();
+      await withMemberCert.close();
       await withoutCert.close();
     }
     const caOnly = grpc.credentials.createSsl(Buffer.from(ca.certPem));
@@ -341,8 +392,8 @@ describe("TLS with --tls-verify-clients", () => {
     });
     const mutual = grpc.credentials.createSsl(
       Buffer.from(ca.certPem),
-      Buffer.from(member.keyPem),
-      Buffer.from(member.certPem),
+      Buffer.from(apiClient.keyPem),
+      Buffer.from(apiClient.certPem),
     );
     const cliWithCert = muster(
       "services",
@@ -351,9 +402,9 @@ describe("TLS with --tls-verify-clients", () => {
       "--tls-ca",
       shared.ca,
       "--tls-cert",
-      shared.cert,
+      clientFiles.cert,
       "--tls-key",
-      shared.key,
+      clientFiles.key,
     );
     expect(cliWithCert.status, cliWithCert.stderr).toBe(0);
     expect(muster("services", "--http", node.http, "--tls-ca", shared.ca).status).toBe(1);
@@ -361,5 +412,13 @@ describe("TLS with --tls-verify-clients", () => {
     await eventually("gRPC health over mutual TLS", async () =>
       (await healthCheck(node.grpc, mutual)).toString("hex") === serving ? true : undefined,
     );
+  });
+
+  it("refuses a certificate from the client CA on the Raft port, where a member's is served", async () => {
+    const raft = strict.get("v1").raft;
+    expect(await http2Greeting(raft, member)).toBe("served");
+    expect(await http2Greeting(raft, apiClient)).toBe("closed");
+    // The API ports, by contrast, take it.
+    expect(await http2Greeting(strict.get("v1").grpc, apiClient)).toBe("served");
   });
 });

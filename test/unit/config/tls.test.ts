@@ -17,7 +17,8 @@ import {
 const base = ["--node-id=n1", "--peers=n1=127.0.0.1:7702"];
 
 function configOf(args: readonly string[]) {
-  const command = new Command("agent").exitOverride();
+  // Errors are asserted on, not printed.
+  const command = new Command("agent").exitOverride().configureOutput({ writeErr: () => {} });
   for (const option of agentOptions()) command.addOption(option);
   command.parse([...base, ...args], { from: "user" });
   return resolveConfig(command);
@@ -36,7 +37,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 afterEach(() => {
-  delete process.env.MUSTER_TLS_VERIFY_CLIENTS;
+  delete process.env.MUSTER_TLS_CLIENT_CA;
 });
 
 describe("TLS flags", () => {
@@ -44,15 +45,19 @@ describe("TLS flags", () => {
     expect(configOf([]).tls).toBe(null);
   });
 
-  it("turn TLS on with cert, key and CA; client checks only when asked", () => {
+  it("turn TLS on with cert, key and CA; client checks only with a client CA", () => {
     const tlsArgs = [`--tls-cert=${files.cert}`, `--tls-key=${files.key}`, `--tls-ca=${files.ca}`];
     expect(configOf(tlsArgs).tls).toEqual({
       certFile: files.cert,
       keyFile: files.key,
       caFile: files.ca,
-      verifyClients: false,
+      clientCaFile: null,
     });
-    expect(configOf([...tlsArgs, "--tls-verify-clients"]).tls?.verifyClients).toBe(true);
+    expect(configOf([...tlsArgs, "--tls-client-ca=clients.pem"]).tls?.clientCaFile).toBe(
+      "clients.pem",
+    );
+    process.env.MUSTER_TLS_CLIENT_CA = "from-env.pem";
+    expect(configOf(tlsArgs).tls?.clientCaFile).toBe("from-env.pem");
   });
 
   it("name the missing flag", () => {
@@ -65,17 +70,11 @@ describe("TLS flags", () => {
     expect(() => configOf([`--tls-cert=${files.cert}`, `--tls-key=${files.key}`])).toThrow(
       /--tls-ca .*is required/,
     );
-    expect(() => configOf(["--tls-verify-clients"])).toThrow(/--tls-verify-clients needs/);
+    expect(() => configOf([`--tls-client-ca=${files.ca}`])).toThrow(/--tls-client-ca needs TLS on/);
   });
 
-  it("read MUSTER_TLS_VERIFY_CLIENTS as true or false, and refuse anything else", () => {
-    const tlsArgs = [`--tls-cert=${files.cert}`, `--tls-key=${files.key}`, `--tls-ca=${files.ca}`];
-    process.env.MUSTER_TLS_VERIFY_CLIENTS = "false";
-    expect(configOf(tlsArgs).tls?.verifyClients).toBe(false);
-    process.env.MUSTER_TLS_VERIFY_CLIENTS = "true";
-    expect(configOf(tlsArgs).tls?.verifyClients).toBe(true);
-    process.env.MUSTER_TLS_VERIFY_CLIENTS = "maybe";
-    expect(() => configOf(tlsArgs)).toThrow(/MUSTER_TLS_VERIFY_CLIENTS must be true or false/);
+  it("know no --tls-verify-clients any more", () => {
+    expect(() => configOf(["--tls-verify-clients"])).toThrow(/unknown option/);
   });
 
   it("come from the --config file too", async () => {
@@ -86,12 +85,12 @@ describe("TLS flags", () => {
         tlsCert: files.cert,
         tlsKey: files.key,
         tlsCa: files.ca,
-        tlsVerifyClients: true,
+        tlsClientCa: "clients.pem",
       }),
     );
     expect(configOf([`--config=${file}`]).tls).toMatchObject({
       caFile: files.ca,
-      verifyClients: true,
+      clientCaFile: "clients.pem",
     });
   });
 });
@@ -122,24 +121,52 @@ describe("TLS files", () => {
     ).toThrow(`--tls-key ${other.key} is not the key of --tls-cert ${files.cert}`);
   });
 
+  it("include --tls-client-ca's, a missing or garbage one naming the flag and the file", async () => {
+    const clientCa = makeCa("unit client CA");
+    const clientCaFile = join(dir, "clients-ca.pem");
+    await writeFile(clientCaFile, clientCa.certPem);
+    const settings = { certFile: files.cert, keyFile: files.key, caFile: files.ca };
+    expect(TlsCredentials.load({ ...settings, clientCaFile }).current.clientCa?.toString()).toBe(
+      clientCa.certPem,
+    );
+    const missing = join(dir, "missing-clients.pem");
+    expect(() => TlsCredentials.load({ ...settings, clientCaFile: missing })).toThrow(
+      `--tls-client-ca ${missing}: cannot read it (ENOENT)`,
+    );
+    const garbage = join(dir, "garbage-clients.pem");
+    await writeFile(garbage, "garbage\n");
+    expect(() => TlsCredentials.load({ ...settings, clientCaFile: garbage })).toThrow(
+      `--tls-client-ca ${garbage}: no PEM certificate`,
+    );
+  });
+
   it("are read again on reload, and a bad new file leaves the current ones in place", async () => {
     const own = await writeTlsFiles(dir, "reload", ca, issueCert(ca, "reload"));
+    const clientCaFile = join(dir, "reload-clients-ca.pem");
+    await writeFile(clientCaFile, makeCa("old client CA").certPem);
     const credentials = TlsCredentials.load({
       certFile: own.cert,
       keyFile: own.key,
       caFile: own.ca,
-      verifyClients: false,
+      clientCaFile,
     });
     const first = credentials.current.identity.serialNumber;
     const seen: string[] = [];
     credentials.onChange((material) => seen.push(material.identity.serialNumber));
     const renewed = issueCert(ca, "reload");
     await writeTlsFiles(dir, "reload", ca, renewed);
+    const newClientCa = makeCa("new client CA");
+    await writeFile(clientCaFile, newClientCa.certPem);
     expect(credentials.reload().identity.serialNumber).toBe(renewed.serialNumber);
     expect(renewed.serialNumber).not.toBe(first);
+    expect(credentials.current.clientCa?.toString()).toBe(newClientCa.certPem);
     await writeFile(own.cert, "garbage\n");
     expect(() => credentials.reload()).toThrow(/--tls-cert/);
+    await writeTlsFiles(dir, "reload", ca, renewed);
+    await writeFile(clientCaFile, "garbage\n");
+    expect(() => credentials.reload()).toThrow(/--tls-client-ca/);
     expect(credentials.current.identity.serialNumber).toBe(renewed.serialNumber);
+    expect(credentials.current.clientCa?.toString()).toBe(newClientCa.certPem);
     expect(seen).toEqual([renewed.serialNumber]);
   });
 });
