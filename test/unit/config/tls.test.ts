@@ -73,10 +73,6 @@ describe("TLS flags", () => {
     expect(() => configOf([`--tls-client-ca=${files.ca}`])).toThrow(/--tls-client-ca needs TLS on/);
   });
 
-  it("know no --tls-verify-clients any more", () => {
-    expect(() => configOf(["--tls-verify-clients"])).toThrow(/unknown option/);
-  });
-
   it("come from the --config file too", async () => {
     const file = join(dir, "config.json");
     await writeFile(
