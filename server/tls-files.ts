@@ -55,6 +55,32 @@ export function readCaFile(flag: string, file: string): Buffer {
   return ca;
 }
 
+/** The PEM certificates in `pem`, in order. */
+function certificatesIn(pem: Buffer): X509Certificate[] {
+  const blocks = pem
+    .toString("latin1")
+    .match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
+  return (blocks ?? []).map((block) => new X509Certificate(block));
+}
+
+/**
+ * Whether the first certificate of `certPem` is signed by a certificate of `caPem`, directly
+ * or through the intermediates that follow it in `certPem`.
+ */
+export function chainsTo(certPem: Buffer, caPem: Buffer): boolean {
+  const chain = certificatesIn(certPem);
+  const authorities = certificatesIn(caPem);
+  const signs = (issuer: X509Certificate, subject: X509Certificate) =>
+    subject.checkIssued(issuer) && subject.verify(issuer.publicKey);
+  let current = chain[0];
+  for (let depth = 0; current !== undefined && depth <= chain.length; depth++) {
+    const subject = current;
+    if (authorities.some((authority) => signs(authority, subject))) return true;
+    current = chain.find((candidate) => candidate !== subject && signs(candidate, subject));
+  }
+  return false;
+}
+
 function readIdentity(certFile: string, keyFile: string): TlsIdentity {
   const cert = readPem("--tls-cert", certFile);
   const key = readPem("--tls-key", keyFile);

@@ -1,7 +1,15 @@
 import type { ServerOptions as HttpsServerOptions } from "node:https";
+import { createSecureContext } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import type { TlsSettings } from "./config.js";
-import { readCaFile, readTlsMaterial, type TlsIdentity, type TlsMaterial } from "./tls-files.js";
+import {
+  chainsTo,
+  readCaFile,
+  readTlsMaterial,
+  TlsFileError,
+  type TlsIdentity,
+  type TlsMaterial,
+} from "./tls-files.js";
 
 type CaListener = grpc.experimental.CaCertificateUpdateListener;
 type IdentityListener = grpc.experimental.IdentityCertificateUpdateListener;
@@ -47,7 +55,14 @@ export class TlsCredentials {
    * TlsFileError and leaves the current set in place.
    */
   reload(): NodeTlsMaterial {
-    this.material = readNodeMaterial(this.settings);
+    const material = readNodeMaterial(this.settings);
+    // Checked whole before anything switches: listeners then cannot fail half way.
+    try {
+      createSecureContext(httpsSecureContextOptions(material));
+    } catch (error) {
+      throw new TlsFileError(`the new certificates do not make a TLS context: ${String(error)}`);
+    }
+    this.material = material;
     this.peerCertificates.publish(this.material.ca, this.material.identity);
     this.apiCertificates.publish(apiCa(this.material), this.material.identity);
     for (const listener of this.changeListeners) listener(this.material);
@@ -160,6 +175,12 @@ function readNodeMaterial(settings: TlsSettings): NodeTlsMaterial {
   const material = readTlsMaterial(settings);
   // The configuration guarantees cert and key together; a node always has an identity.
   if (material.identity === null) throw new Error("TLS settings without a certificate");
+  // Peers check this node's certificate against the same CA: one it did not sign would
+  // cut the node off from the cluster at the next connection.
+  if (!chainsTo(material.identity.cert, material.ca))
+    throw new TlsFileError(
+      `--tls-cert ${settings.certFile} is not signed by the CA of --tls-ca ${settings.caFile}`,
+    );
   const clientCa =
     settings.clientCaFile === null ? null : readCaFile("--tls-client-ca", settings.clientCaFile);
   return { ca: material.ca, identity: material.identity, clientCa };

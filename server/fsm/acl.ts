@@ -107,8 +107,19 @@ export class AclTable {
     const policy = this.policies.get(name);
     if (policy === undefined) return { ok: false, code: "not-found", message: `no policy ${name}` };
     this.policies.delete(name);
+    // Tokens lose it for good: a later policy of the same name grants nothing by surprise.
+    for (const token of this.tokens.values()) {
+      if (!token.policies.includes(name)) continue;
+      const policies = token.policies.filter((held) => held !== name);
+      this.putToken({ ...token, policies, modifyIndex: index });
+    }
     this.changeIndex = index;
     return { ok: true, policy };
+  }
+
+  private putToken(token: AclToken): void {
+    this.tokens.set(token.accessor, token);
+    if (token.secretHash !== "") this.byHash.set(token.secretHash, token);
   }
 
   /** `create` refuses an accessor or secret that exists; `update` keeps the secret. */
@@ -136,8 +147,7 @@ export class AclTable {
         modifyIndex: index,
       };
     }
-    this.tokens.set(token.accessor, token);
-    if (token.secretHash !== "") this.byHash.set(token.secretHash, token);
+    this.putToken(token);
     this.changeIndex = index;
     return { ok: true, token };
   }

@@ -163,6 +163,26 @@ describe("TLS files", () => {
     expect(() => credentials.reload()).toThrow(/--tls-client-ca/);
     expect(credentials.current.identity.serialNumber).toBe(renewed.serialNumber);
     expect(credentials.current.clientCa?.toString()).toBe(newClientCa.certPem);
+    // A certificate the cluster's CA did not sign would cut the node off: refused.
+    const other = makeCa("another CA");
+    const stranger = issueCert(other, "reload");
+    await writeFile(own.cert, stranger.certPem);
+    await writeFile(own.key, stranger.keyPem);
+    expect(() => credentials.reload()).toThrow(/not signed by the CA of --tls-ca/);
+    expect(credentials.current.identity.serialNumber).toBe(renewed.serialNumber);
     expect(seen).toEqual([renewed.serialNumber]);
+  });
+
+  it("refuse at start a node certificate the cluster's CA did not sign", async () => {
+    const other = makeCa("another CA");
+    const stranger = await writeTlsFiles(dir, "stranger", other, issueCert(other, "n1"));
+    expect(() =>
+      TlsCredentials.load({
+        certFile: stranger.cert,
+        keyFile: stranger.key,
+        caFile: files.ca,
+        clientCaFile: null,
+      }),
+    ).toThrow(`--tls-cert ${stranger.cert} is not signed by the CA of --tls-ca ${files.ca}`);
   });
 });

@@ -75,6 +75,16 @@ describe("ACL state", () => {
       false,
     );
     expect(acl.resolve("nope")).toBeUndefined();
+    // A deleted policy leaves its tokens; one made again under its name does not grant it.
+    log.apply({ op: "acl-policy-delete", name: "web" });
+    expect(log.fsm.acl.token("t1")?.policies).toEqual([]);
+    log.apply({
+      op: "acl-policy-set",
+      policy: { name: "web", description: "", rules: rules("service:=write") },
+    });
+    expect(
+      acl.resolve("s1")?.authorizer.allows({ resource: "service", name: "web", access: "read" }),
+    ).toBe(false);
     log.apply({ op: "acl-token-delete", accessor: "t1" });
     expect(acl.resolve("s1")).toBeUndefined();
   });
