@@ -1,3 +1,4 @@
+import { assert } from "../../raft/core/assert.js";
 import { type AclPolicy, managementPolicy, managementPolicyName } from "../acl/rules.js";
 
 /** A token as replicated: its secret only as a hash, so no replica or snapshot holds it. */
@@ -120,6 +121,11 @@ export class AclTable {
   private putToken(token: AclToken): void {
     this.tokens.set(token.accessor, token);
     if (token.secretHash !== "") this.byHash.set(token.secretHash, token);
+    // Every token but the anonymous one is found by its own secret: replicas must agree.
+    assert(
+      this.byHash.size === this.tokens.size - 1,
+      `ACL tokens (${this.tokens.size}) and their secrets (${this.byHash.size}) disagree`,
+    );
   }
 
   /** `create` refuses an accessor or secret that exists; `update` keeps the secret. */
