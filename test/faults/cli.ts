@@ -44,7 +44,8 @@ while (Date.now() < end) {
     faults: options.faults,
     lockWorkers: 3,
     liveInstances: 5,
-    log: (line) => console.log(`  ${line}`),
+    // Timed, so that a violation (which names its time) can be set beside the faults.
+    log: (line) => console.log(`  ${new Date().toISOString()} ${line}`),
   });
   runs += 1;
   for (const [kind, count] of Object.entries(report.faults))

@@ -155,7 +155,10 @@ export async function runTtlWorkload(
   const goneAt = new Map<string, number>();
   liveView.on("change", (instances: readonly Instance[]) => {
     for (const instance of instances)
-      if (instance.status === "critical") violations.push(`live ${instance.id} was seen critical`);
+      if (instance.status === "critical")
+        violations.push(
+          `live ${instance.id} was seen critical at ${new Date().toISOString()} (${instance.output || "no output"}, last heartbeat ${instance.lastHeartbeatAt})`,
+        );
   });
   const stopWatching = new AbortController();
   const takeovers = watchTakeovers(cluster, stopWatching.signal);
@@ -173,7 +176,9 @@ export async function runTtlWorkload(
       });
       registration.on("registered", (instance: Instance) =>
         // Registering again means the registry had forgotten a live instance.
-        violations.push(`live ${instance.id} was evicted and registered again`),
+        violations.push(
+          `live ${instance.id} was evicted and registered again at ${new Date().toISOString()}`,
+        ),
       );
       registrations.push(registration);
     }
