@@ -1,18 +1,7 @@
 import { type AclRule, formatRule } from "./acl/rules.js";
-import { client, errorText, get, type OutputOptions, table } from "./people-commands.js";
+import { call, type OutputOptions, table } from "./people-commands.js";
 
 /** What `muster acl ...` prints: a table, or the API's JSON with --json. */
-
-async function send(
-  options: OutputOptions,
-  method: "PUT" | "POST" | "DELETE",
-  path: string,
-  body?: unknown,
-): Promise<Record<string, unknown>> {
-  const answer = await client(options).call(method, path, body === undefined ? {} : { body });
-  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
-  return answer.body;
-}
 
 interface TokenView {
   readonly accessor: string;
@@ -61,7 +50,7 @@ export async function setPolicy(
   rules: readonly AclRule[],
   description: string | undefined,
 ): Promise<string> {
-  const body = await send(options, "PUT", policyPath(name), {
+  const body = await call(options, "PUT", policyPath(name), {
     rules,
     ...(description === undefined ? {} : { description }),
   });
@@ -69,17 +58,17 @@ export async function setPolicy(
 }
 
 export async function listPolicies(options: OutputOptions): Promise<string> {
-  const body = await get(options, "/v1/acl/policies");
+  const body = await call(options, "GET", "/v1/acl/policies");
   return policies(options, body, body.policies as PolicyView[]);
 }
 
 export async function readPolicy(options: OutputOptions, name: string): Promise<string> {
-  const body = await get(options, policyPath(name));
+  const body = await call(options, "GET", policyPath(name));
   return policies(options, body, [body as unknown as PolicyView]);
 }
 
 export async function deletePolicy(options: OutputOptions, name: string): Promise<string> {
-  const body = await send(options, "DELETE", policyPath(name));
+  const body = await call(options, "DELETE", policyPath(name));
   return options.json ? JSON.stringify(body, null, 2) : `deleted policy ${name}`;
 }
 
@@ -88,7 +77,7 @@ export async function createToken(
   policyNames: readonly string[],
   description: string | undefined,
 ): Promise<string> {
-  const body = await send(options, "POST", "/v1/acl/tokens", {
+  const body = await call(options, "POST", "/v1/acl/tokens", {
     policies: policyNames,
     ...(description === undefined ? {} : { description }),
   });
@@ -103,7 +92,7 @@ export async function updateToken(
   policyNames: readonly string[],
   description: string | undefined,
 ): Promise<string> {
-  const body = await send(options, "PUT", tokenPath(accessor), {
+  const body = await call(options, "PUT", tokenPath(accessor), {
     policies: policyNames,
     ...(description === undefined ? {} : { description }),
   });
@@ -111,17 +100,17 @@ export async function updateToken(
 }
 
 export async function listTokens(options: OutputOptions): Promise<string> {
-  const body = await get(options, "/v1/acl/tokens");
+  const body = await call(options, "GET", "/v1/acl/tokens");
   return tokens(options, body, body.tokens as TokenView[]);
 }
 
 /** `accessor` "self": the token the command runs with. */
 export async function readToken(options: OutputOptions, accessor: string): Promise<string> {
-  const body = await get(options, tokenPath(accessor));
+  const body = await call(options, "GET", tokenPath(accessor));
   return tokens(options, body, [body as unknown as TokenView]);
 }
 
 export async function deleteToken(options: OutputOptions, accessor: string): Promise<string> {
-  const body = await send(options, "DELETE", tokenPath(accessor));
+  const body = await call(options, "DELETE", tokenPath(accessor));
   return options.json ? JSON.stringify(body, null, 2) : `deleted token ${accessor}`;
 }

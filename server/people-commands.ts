@@ -13,10 +13,6 @@ export interface OutputOptions {
   readonly token: string | null;
 }
 
-export function client(options: OutputOptions): MusterHttpClient {
-  return new MusterHttpClient(options.http, 5000, new ApiFetch(options.tls), options.token);
-}
-
 /** Columns padded to their widest cell; a header line first. */
 export function table(headers: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = headers.map((header, column) =>
@@ -30,19 +26,26 @@ export function table(headers: readonly string[], rows: readonly (readonly strin
   return [line(headers), ...rows.map(line)].join("\n");
 }
 
-export async function get(options: OutputOptions, path: string): Promise<Record<string, unknown>> {
-  const answer = await client(options).call("GET", path);
+/** One request of a command: the answer's body, or an error saying what the API refused. */
+export async function call(
+  options: OutputOptions,
+  method: "GET" | "PUT" | "POST" | "DELETE",
+  path: string,
+  body?: unknown,
+): Promise<Record<string, unknown>> {
+  const client = new MusterHttpClient(options.http, 5000, new ApiFetch(options.tls), options.token);
+  const answer = await client.call(method, path, body === undefined ? {} : { body });
   if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
   return answer.body;
 }
 
-export function errorText(body: Record<string, unknown>, status: number): string {
+function errorText(body: Record<string, unknown>, status: number): string {
   const error = body.error as { message?: string; field?: string } | undefined;
   return `${error?.message ?? `HTTP ${status}`}${error?.field === undefined ? "" : ` (field ${error.field})`}`;
 }
 
 export async function members(options: OutputOptions): Promise<string> {
-  const body = await get(options, "/v1/cluster/members");
+  const body = await call(options, "GET", "/v1/cluster/members");
   if (options.json) return JSON.stringify(body, null, 2);
   const rows = ((body.members ?? []) as Record<string, unknown>[]).map((member) =>
     ["id", "role", "voter", "http", "grpc", "raft", "dns"].map((key) => String(member[key] ?? "-")),
@@ -55,7 +58,7 @@ export async function services(
   service: string | undefined,
 ): Promise<string> {
   if (service === undefined) {
-    const body = await get(options, "/v1/services");
+    const body = await call(options, "GET", "/v1/services");
     if (options.json) return JSON.stringify(body, null, 2);
     const rows = ((body.services ?? []) as Record<string, unknown>[]).map((entry) => [
       String(entry.name),
@@ -65,7 +68,7 @@ export async function services(
     ]);
     return table(["SERVICE", "INSTANCES", "PASSING", "TAGS"], rows);
   }
-  const body = await get(options, `/v1/services/${encodeURIComponent(service)}`);
+  const body = await call(options, "GET", `/v1/services/${encodeURIComponent(service)}`);
   if (options.json) return JSON.stringify(body, null, 2);
   const rows = ((body.instances ?? []) as Record<string, unknown>[]).map((instance) => [
     String(instance.id),
@@ -93,15 +96,15 @@ export async function register(
   options: OutputOptions,
   registration: Registration,
 ): Promise<string> {
-  const { service, id, ...body } = registration;
-  const answer = await client(options).call(
+  const { service, id, ...fields } = registration;
+  const body = await call(
+    options,
     "PUT",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
-    { body },
+    fields,
   );
-  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
-  if (options.json) return JSON.stringify(answer.body, null, 2);
-  return `registered ${id} of ${service} at ${registration.address}:${registration.port} (ttl ${answer.body.ttl}; heartbeat it, or it turns critical)`;
+  if (options.json) return JSON.stringify(body, null, 2);
+  return `registered ${id} of ${service} at ${registration.address}:${registration.port} (ttl ${body.ttl}; heartbeat it, or it turns critical)`;
 }
 
 export async function deregister(
@@ -109,10 +112,10 @@ export async function deregister(
   service: string,
   id: string,
 ): Promise<string> {
-  const answer = await client(options).call(
+  const body = await call(
+    options,
     "DELETE",
     `/v1/services/${encodeURIComponent(service)}/instances/${encodeURIComponent(id)}`,
   );
-  if (answer.status !== 200) throw new Error(errorText(answer.body, answer.status));
-  return options.json ? JSON.stringify(answer.body, null, 2) : `deregistered ${id} of ${service}`;
+  return options.json ? JSON.stringify(body, null, 2) : `deregistered ${id} of ${service}`;
 }
