@@ -330,11 +330,10 @@ export class RaftNode<Result> {
       // for one synced write fewer. The rest wait for the write, as Raft requires.
       // (Entries this batch rewrites are not on disk as they will be.)
       const durable = Math.min(this.persistedIndex, (ready.entries[0]?.index ?? Infinity) - 1);
-      const early =
-        ready.snapshot === null
-          ? ready.committedEntries.filter((entry) => entry.index <= durable)
-          : [];
-      this.applyEntries(early);
+      const committed = ready.committedEntries;
+      let early = 0;
+      if (ready.snapshot === null) while ((committed[early]?.index ?? Infinity) <= durable) early++;
+      this.applyEntries(committed, 0, early);
       if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
         await this.options.storage.persist(ready);
       }
@@ -344,7 +343,7 @@ export class RaftNode<Result> {
       else if (ready.snapshot !== null) this.persistedIndex = ready.snapshot.index;
       this.leaseClock.handedOut(ready.messagesAfterPersist, performance.now());
       for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
-      this.apply(ready, early.length);
+      this.apply(ready, early);
       this.core.advance(ready);
       await this.maybeSnapshot();
     }
@@ -357,12 +356,14 @@ export class RaftNode<Result> {
       this.applied = ready.snapshot.index;
       this.snapshotIndex = ready.snapshot.index;
     }
-    this.applyEntries(ready.committedEntries.slice(done));
+    this.applyEntries(ready.committedEntries, done, ready.committedEntries.length);
     this.settleReads(ready);
   }
 
-  private applyEntries(entries: readonly Entry[]): void {
-    for (const entry of entries) {
+  /** `entries[from..to)`: positions, not copies, since this runs for every batch. */
+  private applyEntries(entries: readonly Entry[], from: number, to: number): void {
+    for (let position = from; position < to; position++) {
+      const entry = entries[position] as Entry;
       const result = entry.type === "normal" ? this.options.stateMachine.apply(entry) : undefined;
       this.applied = entry.index;
       const proposal = this.proposals.get(entry.index);

@@ -286,7 +286,7 @@ export class Agent {
             method: call.method,
             url: call.url,
             remoteAddress: caller.address,
-            ...(caller.token === null ? {} : { headers: { "x-muster-token": caller.token } }),
+            headers: caller.headers,
             ...(call.body === undefined ? {} : { payload: call.body as object }),
           });
           return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
@@ -409,7 +409,10 @@ export class Agent {
     }
   }
 
-  /** The first leader with ACLs on makes the management token; a secret it made is logged once. */
+  /**
+   * The first leader with ACLs on makes the management token; a secret it made goes to a
+   * file in its data directory, which the log names.
+   */
   private async bootstrapAcl(): Promise<void> {
     const given = this.config.aclBootstrapToken;
     const secretFile = join(this.config.dataDir, bootstrapSecretFile);

@@ -40,9 +40,12 @@ export interface GrpcBackend {
 
 export interface GrpcCaller {
   readonly address: string;
-  /** From `authorization: Bearer <secret>` or `x-muster-token` metadata. */
-  readonly token: string | null;
+  /** The call's `authorization` and `x-muster-token` metadata, which HTTP reads the token from. */
+  readonly headers: Readonly<Record<string, string>>;
 }
+
+/** Metadata passed on to HTTP as headers of the same name. */
+const tokenHeaders = ["authorization", "x-muster-token"] as const;
 
 type Fields = Record<string, unknown>;
 
@@ -74,18 +77,18 @@ const boundedStatusDetails: grpc.ServerInterceptor = (_method, call) =>
       ),
   });
 
-/** The client's IP address (from grpc-js's "host:port" peer) and the token it sent. */
+/** The client's IP address (from grpc-js's "host:port" peer) and the token metadata it sent. */
 function callerOf(call: { getPeer(): string; metadata: grpc.Metadata }): GrpcCaller {
   const peer = call.getPeer();
   const colon = peer.lastIndexOf(":");
-  const text = (key: string) => {
+  const headers: Record<string, string> = {};
+  for (const key of tokenHeaders) {
     const value = call.metadata.get(key)[0];
-    return typeof value === "string" && value !== "" ? value : null;
-  };
-  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(text("authorization") ?? "");
+    if (typeof value === "string") headers[key] = value;
+  }
   return {
     address: (colon > 0 ? peer.slice(0, colon) : peer).replace(/^\[(.*)\]$/, "$1"),
-    token: bearer?.[1] ?? text("x-muster-token"),
+    headers,
   };
 }
 
