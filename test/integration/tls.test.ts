@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect } from "node:tls";
+import { connect, type TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { Agent, fetch } from "undici";
@@ -67,24 +67,35 @@ async function getJson(
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 }
 
+/** A TLS connection to `address` trusting the test CA, showing `clientCert` when given. */
+function tlsConnect(
+  address: string,
+  clientCert: TestCert | undefined,
+  protocols: string[],
+  onSecure: (socket: TLSSocket) => void,
+): TLSSocket {
+  const [host, port] = address.split(":") as [string, string];
+  const socket: TLSSocket = connect(
+    {
+      host,
+      port: Number(port),
+      ca: ca.certPem,
+      ALPNProtocols: protocols,
+      ...(clientCert === undefined ? {} : { cert: clientCert.certPem, key: clientCert.keyPem }),
+    },
+    () => onSecure(socket),
+  );
+  socket.setTimeout(5000, () => socket.destroy(new Error(`no answer from ${address}`)));
+  return socket;
+}
+
 /** The serial number of the certificate a TLS server at `address` shows to a new connection. */
 function servedSerial(address: string, clientCert?: TestCert): Promise<string> {
-  const [host, port] = address.split(":") as [string, string];
   return new Promise((resolve, reject) => {
-    const socket = connect(
-      {
-        host,
-        port: Number(port),
-        ca: ca.certPem,
-        ALPNProtocols: ["h2", "http/1.1"],
-        ...(clientCert === undefined ? {} : { cert: clientCert.certPem, key: clientCert.keyPem }),
-      },
-      () => {
-        resolve(socket.getPeerCertificate().serialNumber);
-        socket.end();
-      },
-    );
-    socket.setTimeout(5000, () => socket.destroy(new Error(`no TLS handshake with ${address}`)));
+    const socket = tlsConnect(address, clientCert, ["h2", "http/1.1"], (secure) => {
+      resolve(secure.getPeerCertificate().serialNumber);
+      secure.end();
+    });
     socket.on("error", reject);
   });
 }
@@ -324,21 +335,11 @@ const emptySettingsFrame = Buffer.from("000000040000000000", "hex");
  * certificate, and Node's server then closes a connection it refuses without an alert.
  */
 function http2Greeting(address: string, clientCert: TestCert): Promise<string> {
-  const [host, port] = address.split(":") as [string, string];
   return new Promise((resolve, reject) => {
-    const socket = connect(
-      {
-        host,
-        port: Number(port),
-        ca: ca.certPem,
-        cert: clientCert.certPem,
-        key: clientCert.keyPem,
-        ALPNProtocols: ["h2"],
-      },
-      // The client preface and an empty SETTINGS frame: a server that accepted us answers.
-      () => socket.write(Buffer.concat([Buffer.from(http2Preface), emptySettingsFrame])),
+    // The client preface and an empty SETTINGS frame: a server that accepted us answers.
+    const socket = tlsConnect(address, clientCert, ["h2"], (secure) =>
+      secure.write(Buffer.concat([Buffer.from(http2Preface), emptySettingsFrame])),
     );
-    socket.setTimeout(5000, () => socket.destroy(new Error(`no answer from ${address}`)));
     socket.once("data", () => {
       resolve("served");
       socket.destroy();
