@@ -40,7 +40,7 @@ export interface AgentConfig {
   readonly maxEventLoopDelayMs: number | null;
   /** Every request needs a token whose policies allow it; DNS follows the anonymous token. */
   readonly aclEnabled: boolean;
-  /** The management token's secret, made by the first leader; null: it makes one and logs it. */
+  /** The management token's secret; null: the first leader makes one and keeps it in a file. */
   readonly aclBootstrapToken: string | null;
   /** The token this agent presents to the cluster it joins. */
   readonly aclToken: string | null;
