@@ -50,6 +50,8 @@ export interface CampaignReport {
   readonly ttl:
     | (Pick<TtlResult, "live" | "silent" | "latestMs" | "violations"> & {
         readonly latestBeyondStallsMs: number;
+        /** The latest eviction's timeline, to set beside the faults when it was too late. */
+        readonly latestDetail: string;
       })
     | null;
 }
@@ -176,7 +178,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
               live: ttlResult.live,
               silent: ttlResult.silent,
               latestMs: ttlResult.latestMs,
-              latestBeyondStallsMs: latestBeyondStalls(
+              ...latestBeyondStalls(
                 ttlResult,
                 history
                   .filter((op) => op.input.op !== "read" && Number.isFinite(op.return))

@@ -26,11 +26,20 @@ export interface TtlResult {
    * quorum.
    */
   readonly latestMs: number;
-  /** Each silent instance: when its registration was acknowledged and when it was first seen gone. */
-  readonly evictions: readonly { readonly acknowledged: number; readonly gone: number }[];
+  /**
+   * Each silent instance: when its registration was acknowledged, when it was first seen
+   * critical (or gone, if never seen critical) and when first seen gone.
+   */
+  readonly evictions: readonly Eviction[];
   /** When a leader of a new term was first seen. */
   readonly takeovers: readonly number[];
   readonly violations: string[];
+}
+
+export interface Eviction {
+  readonly acknowledged: number;
+  readonly critical: number;
+  readonly gone: number;
 }
 
 /** Acknowledgements further apart than this mean the cluster could not commit meanwhile. */
@@ -43,7 +52,10 @@ const stallAfterMs = 300;
  * as the faults do, were acknowledged; a pause between two of them longer than stallAfterMs
  * counts as such a time. After the last of them nothing is taken out.
  */
-export function latestBeyondStalls(result: TtlResult, acknowledged: readonly number[]): number {
+export function latestBeyondStalls(
+  result: TtlResult,
+  acknowledged: readonly number[],
+): { latestBeyondStallsMs: number; latestDetail: string } {
   const acks = [...acknowledged].sort((a, b) => a - b);
   const stalled = (from: number, to: number) => {
     let total = 0;
@@ -55,36 +67,51 @@ export function latestBeyondStalls(result: TtlResult, acknowledged: readonly num
     }
     return total;
   };
-  let latest = 0;
-  for (const { acknowledged, gone } of result.evictions) {
-    const late = gone - evictionDeadline(acknowledged, result.takeovers);
-    latest = Math.max(latest, late - stalled(acknowledged, gone));
+  let latest = { ms: 0, detail: "" };
+  for (const eviction of result.evictions) {
+    const deadline = evictionDeadline(eviction, result.takeovers);
+    const stall = stalled(eviction.acknowledged, eviction.gone);
+    const late = eviction.gone - deadline - stall;
+    if (late > latest.ms)
+      latest = {
+        ms: late,
+        detail:
+          `acknowledged ${Math.round(eviction.acknowledged)}, critical seen +${Math.round(eviction.critical - eviction.acknowledged)}, ` +
+          `gone seen +${Math.round(eviction.gone - eviction.acknowledged)}, deadline +${Math.round(deadline - eviction.acknowledged)}, ` +
+          `stalled ${Math.round(stall)} ms; takeovers at [${result.takeovers
+            .map((t) => Math.round(t - eviction.acknowledged))
+            .filter((t) => t > -graceMs && t < eviction.gone - eviction.acknowledged)
+            .join(", ")}]`,
+      };
   }
-  return Math.round(latest);
+  return { latestBeyondStallsMs: Math.round(latest.ms), latestDetail: latest.detail };
 }
 
 /**
  * When a silent instance is gone if every new leader was up to date: critical by the later
- * of its TTL and each takeover plus the new leader's grace (it resumes the countdowns and
- * waits before expiring anything), then removed deregisterAfter later by the same rule.
+ * of its TTL and, for each takeover before the instance was marked critical, the takeover
+ * plus the new leader's grace (it resumes the countdowns and waits before expiring anything,
+ * since it cannot tell whether a heartbeat reached the old leader after the last checkpoint);
+ * then removed deregisterAfter later, which no takeover extends (it counts from the
+ * committed expiry).
  */
-function evictionDeadline(registered: number, takeovers: readonly number[]): number {
-  const extend = (deadline: number) =>
-    takeovers.reduce(
-      (due, takeover) => (takeover <= due ? Math.max(due, takeover + graceMs) : due),
-      deadline,
-    );
-  return extend(extend(registered + ttlMs) + deregisterAfterMs);
+function evictionDeadline(eviction: Eviction, takeovers: readonly number[]): number {
+  const critical = takeovers.reduce(
+    (due, takeover) =>
+      takeover <= Math.max(due, eviction.critical) ? Math.max(due, takeover + graceMs) : due,
+    eviction.acknowledged + ttlMs,
+  );
+  return critical + deregisterAfterMs;
 }
 
 /**
- * Notes when each silent instance is first seen gone, polling every node at once. Only a
- * read sent after its registration was acknowledged can say it is gone.
+ * Notes when each silent instance is first seen critical and first seen gone, polling every
+ * node at once. Only a read sent after its registration was acknowledged can say it is gone.
  */
 async function pollEvictions(
   cluster: FaultCluster,
   acknowledgedAt: ReadonlyMap<string, number>,
-  goneAt: Map<string, number>,
+  seen: { readonly critical: Map<string, number>; readonly gone: Map<string, number> },
   signal: AbortSignal,
 ): Promise<void> {
   const poll = async (id: string) => {
@@ -94,12 +121,18 @@ async function pollEvictions(
       { signal: AbortSignal.timeout(500) },
     ).catch(() => null);
     if (response === null || (response.status !== 200 && response.status !== 404)) return;
-    const body = (await response.json().catch(() => ({}))) as { instances?: { id: string }[] };
-    const present = new Set((body.instances ?? []).map((instance) => instance.id));
-    const seen = performance.now();
+    const body = (await response.json().catch(() => ({}))) as {
+      instances?: { id: string; status: string }[];
+    };
+    const instances = body.instances ?? [];
+    const present = new Set(instances.map((instance) => instance.id));
+    const at = performance.now();
+    for (const instance of instances)
+      if (instance.status === "critical" && !seen.critical.has(instance.id))
+        seen.critical.set(instance.id, at);
     for (const [instance, acknowledged] of acknowledgedAt)
-      if (acknowledged < sent && !present.has(instance) && !goneAt.has(instance))
-        goneAt.set(instance, seen);
+      if (acknowledged < sent && !present.has(instance) && !seen.gone.has(instance))
+        seen.gone.set(instance, at);
   };
   while (!signal.aborted) {
     await Promise.all(nodeIds.filter((id) => cluster.running(id)).map(poll));
@@ -152,6 +185,7 @@ export async function runTtlWorkload(
   const liveView = client.discover("ttl-live", { healthy: false, wait: "1s" });
   const registeredAt = new Map<string, number>();
   const acknowledgedAt = new Map<string, number>();
+  const criticalAt = new Map<string, number>();
   const goneAt = new Map<string, number>();
   liveView.on("change", (instances: readonly Instance[]) => {
     for (const instance of instances)
@@ -162,7 +196,12 @@ export async function runTtlWorkload(
   });
   const stopWatching = new AbortController();
   const takeovers = watchTakeovers(cluster, stopWatching.signal);
-  const polling = pollEvictions(cluster, acknowledgedAt, goneAt, stopWatching.signal);
+  const polling = pollEvictions(
+    cluster,
+    acknowledgedAt,
+    { critical: criticalAt, gone: goneAt },
+    stopWatching.signal,
+  );
   try {
     for (let i = 0; i < options.live; i++) {
       const registration = await client.register({
@@ -208,7 +247,7 @@ export async function runTtlWorkload(
     const elected = await takeovers;
     await polling;
     let latestMs = 0;
-    const evictions: { acknowledged: number; gone: number }[] = [];
+    const evictions: Eviction[] = [];
     for (const [id, at] of registeredAt) {
       const gone = goneAt.get(id);
       if (gone === undefined) {
@@ -218,15 +257,20 @@ export async function runTtlWorkload(
         continue;
       }
       // Never early: an eviction is observed after it happened, a registration sent before.
+      const critical = criticalAt.get(id) ?? gone;
+      if (critical - at < ttlMs)
+        violations.push(
+          `silent ${id} marked critical ${Math.round(critical - at)} ms after registration, before its TTL`,
+        );
       if (gone - at < ttlMs + deregisterAfterMs)
         violations.push(
           `silent ${id} evicted ${Math.round(gone - at)} ms after registration, before its TTL and deregisterAfter`,
         );
       // Late or not is judged from the acknowledgement: the client may have retried for a
       // while, and the registration took effect no later than it was acknowledged.
-      const acknowledged = acknowledgedAt.get(id) ?? at;
-      latestMs = Math.max(latestMs, gone - evictionDeadline(acknowledged, elected));
-      evictions.push({ acknowledged, gone });
+      const eviction = { acknowledged: acknowledgedAt.get(id) ?? at, critical, gone };
+      latestMs = Math.max(latestMs, gone - evictionDeadline(eviction, elected));
+      evictions.push(eviction);
     }
     return {
       live: options.live,
