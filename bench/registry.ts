@@ -4,6 +4,8 @@ import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import { AgentCluster, eventually } from "../test/integration/agents.js";
 import { percentile } from "./stats.js";
 import { perSecond, wrk } from "./wrk.js";
@@ -30,6 +32,12 @@ const watcherCount = 1000;
 const watchedChanges = 20;
 const registerScript = fileURLToPath(new URL("./registry-register.lua", import.meta.url));
 const heartbeatScript = fileURLToPath(new URL("./registry-heartbeat.lua", import.meta.url));
+const protoFile = fileURLToPath(new URL("../proto/muster/v1/muster.proto", import.meta.url));
+/** KeepAlive streams (one connection each) and the heartbeats each keeps in flight. */
+const keepAliveLevels = [
+  { streams: 1, inFlight: 16 },
+  { streams: 16, inFlight: 16 },
+];
 const etcdScript =
   process.env.ETCD_BASELINE ??
   fileURLToPath(new URL("../../shared/bench/etcd-baseline.sh", import.meta.url));
@@ -107,11 +115,82 @@ async function heartbeats(cluster: AgentCluster, rates: Rates): Promise<void> {
     rates.set(`heartbeat/${connections}`, figures.perSecond);
     console.log(row("", connections, figures));
   }
+  console.log(
+    `Heartbeats over gRPC KeepAlive streams (one connection each) over the same instances on ${leader}`,
+  );
+  for (const level of keepAliveLevels) {
+    const figures = await keepAliveHeartbeats(cluster.get(leader).grpc, level);
+    rates.set(`keepalive/${level.streams * level.inFlight}`, figures.perSecond);
+    console.log(
+      `  ${String(level.streams).padStart(3)} streams x ${level.inFlight} in flight: ${perSecond(figures.perSecond)}/s, p50 ${figures.p50.toFixed(2)} ms, p99 ${figures.p99.toFixed(2)} ms`,
+    );
+  }
   // Deregistered, so that their TTLs do not run out during the next phases.
   for (let n = 0; n < heartbeatInstances; n++) {
     const answer = await cluster.request(leader, "DELETE", `/v1/services/hb/instances/hb-${n}`);
     if (answer.status !== 200) throw new Error(`deregistration failed: ${JSON.stringify(answer)}`);
   }
+}
+
+/**
+ * Heartbeats pipelined on KeepAlive streams for durationSeconds, each stream keeping
+ * `inFlight` unanswered; answers come in order, so each one's latency is known. Any answer
+ * that is not ok fails the run, as a non-2xx answer does for wrk.
+ */
+async function keepAliveHeartbeats(
+  address: string,
+  level: { readonly streams: number; readonly inFlight: number },
+): Promise<{ perSecond: number; p50: number; p99: number }> {
+  const definition = protoLoader.loadSync(protoFile, { longs: Number, enums: String });
+  const Registry = (
+    grpc.loadPackageDefinition(definition) as unknown as {
+      muster: {
+        v1: {
+          Registry: new (
+            address: string,
+            credentials: grpc.ChannelCredentials,
+            options: grpc.ChannelOptions,
+          ) => grpc.Client & { keepAlive(): grpc.ClientDuplexStream<unknown, { ok: boolean }> };
+        };
+      };
+    }
+  ).muster.v1.Registry;
+  const latencies: number[] = [];
+  const started = performance.now();
+  const until = started + durationSeconds * 1000;
+  await Promise.all(
+    Array.from({ length: level.streams }, (_, s) => {
+      const client = new Registry(address, grpc.credentials.createInsecure(), {
+        "grpc.use_local_subchannel_pool": 1,
+      });
+      const stream = client.keepAlive();
+      const sentAt: number[] = [];
+      let next = s * 61;
+      const send = () => {
+        sentAt.push(performance.now());
+        stream.write({ heartbeat: { service: "hb", id: `hb-${next++ % heartbeatInstances}` } });
+      };
+      return new Promise<void>((resolve, reject) => {
+        stream.on("data", (answer: { ok: boolean; code?: string; message?: string }) => {
+          if (!answer.ok) {
+            reject(new Error(`heartbeat answered ${answer.code}: ${answer.message}`));
+            return;
+          }
+          latencies.push(performance.now() - (sentAt.shift() as number));
+          if (performance.now() < until) send();
+          else if (sentAt.length === 0) stream.end();
+        });
+        stream.on("end", resolve);
+        stream.on("error", reject);
+        for (let k = 0; k < level.inFlight; k++) send();
+      }).finally(() => client.close());
+    }),
+  );
+  return {
+    perSecond: latencies.length / ((performance.now() - started) / 1000),
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+  };
 }
 
 async function lookups(cluster: AgentCluster, rates: Rates): Promise<void> {
@@ -394,9 +473,12 @@ function verdicts(muster: Rates, etcd: Rates | string): void {
       );
     }
   }
-  const heartbeatRate = best("heartbeat");
+  const overHttp = best("heartbeat");
+  const overKeepAlive = Math.max(
+    ...keepAliveLevels.map((l) => muster.get(`keepalive/${l.streams * l.inFlight}`) ?? 0),
+  );
   console.log(
-    `  heartbeats >= 50,000/s: ${met(heartbeatRate >= 50_000)} (best ${perSecond(heartbeatRate)}/s)`,
+    `  heartbeats >= 50,000/s: ${met(Math.max(overHttp, overKeepAlive) >= 50_000)} (best ${perSecond(overKeepAlive)}/s over KeepAlive streams, ${perSecond(overHttp)}/s over HTTP)`,
   );
   for (const kind of ["blocking", "stream"]) {
     const p99 = muster.get(`watch-${kind}-p99`) ?? Number.POSITIVE_INFINITY;

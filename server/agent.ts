@@ -30,6 +30,7 @@ import { GrpcApi } from "./grpc/api.js";
 import { buildHttpApp, fromRaftError } from "./http/app.js";
 import { tokenOf } from "./http/authorize.js";
 import { forwardedHeader, forwardingKeyHeader, WatchQuota } from "./http/limits.js";
+import { validHeartbeatBody } from "./http/schemas.js";
 import { clientGone } from "./http/streams.js";
 import { Lessor, type SelfPreservationState } from "./lessor.js";
 import { Metrics } from "./metrics.js";
@@ -291,6 +292,7 @@ export class Agent {
           });
           return { status: answer.statusCode, headers: answer.headers, body: answer.json() };
         },
+        renew: (ref, body, caller) => this.renewHere(ref, body, tokenOf(caller.headers)),
         leaderGrpc: () => {
           const leader = this.node.status().leader;
           return leader === null ? null : (this.fsm.member(leader)?.grpc ?? null);
@@ -518,6 +520,31 @@ export class Agent {
       const instance = this.fsm.instance(ref);
       return { id: ref.id, service: ref.service, status: instance?.effectiveStatus ?? null };
     });
+  }
+
+  /**
+   * A heartbeat that only renews a TTL, taken by the leader in memory without a trip
+   * through HTTP: gRPC KeepAlive streams carry many a second. Anything else (on a follower,
+   * a status change or revival, an unknown instance, a bad body, a token that may not
+   * write, a rate limit, an overloaded node) returns null, and the HTTP route answers it.
+   */
+  renewHere(ref: InstanceRef, body: unknown, token: string | null): InstanceStatus | null {
+    if (!this.lessor.isLeading || this.config.rateLimit > 0 || this.underPressure()) return null;
+    if (!validHeartbeatBody(body)) return null;
+    const instance = this.fsm.instance(ref);
+    if (instance === undefined || instance.expiredAt !== null) return null;
+    if ((body.status ?? instance.status) !== instance.status) return null;
+    const allowed = this.acl
+      .resolve(token)
+      ?.authorizer.allows({ resource: "service", name: ref.service, access: "write" });
+    if (allowed !== true) return null;
+    this.lessor.heartbeat(ref, undefined, "");
+    this.metrics.heartbeats.inc();
+    return instance.effectiveStatus;
+  }
+
+  private underPressure(): boolean {
+    return (this.http as { isUnderPressure?: () => boolean }).isUnderPressure?.() === true;
   }
 
   selfPreservation(): SelfPreservationState & { leader: boolean } {

@@ -10,6 +10,8 @@ import { labelPattern } from "../http/schemas.js";
 /**
  * The gRPC API. Every call goes through the HTTP API in process (fastify's inject), so both
  * surfaces share one implementation of validation, forwarding to the leader and errors.
+ * The one exception is a KeepAlive heartbeat the leader can take on the spot, which only
+ * renews a TTL in memory: everything else about it still goes through HTTP.
  */
 
 const protoFile = fileURLToPath(new URL("../../proto/muster/v1/muster.proto", import.meta.url));
@@ -34,6 +36,11 @@ export interface GrpcBackend {
   /** `caller`: the gRPC client's address (limits count its calls as its own) and token. */
   http(call: HttpCall, caller: GrpcCaller): Promise<HttpAnswer>;
   /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
+  /**
+   * A heartbeat this node can take on the spot (it only renews a TTL on the leader): the
+   * instance's status; null when it must go through HTTP.
+   */
+  renew(ref: { service: string; id: string }, body: Fields, caller: GrpcCaller): string | null;
   leaderGrpc(): string | null;
   hasLeader(): boolean;
 }
@@ -387,6 +394,7 @@ export class GrpcApi {
     // Once the call failed (say, a message that does not decode), nothing more is written.
     let failed = false;
     let received = 0;
+    const caller = callerOf(call);
     const send = (message: Fields) => {
       if (!failed && call.writable) call.write(message);
     };
@@ -410,12 +418,21 @@ export class GrpcApi {
         if (failed) return;
         const heartbeat = message.heartbeat as Fields | undefined;
         const session = message.session as string | undefined;
+        const body = present({ status: heartbeat?.status, output: heartbeat?.output });
+        if (heartbeat !== undefined) {
+          const ref = { service: String(heartbeat.service), id: String(heartbeat.id) };
+          const status = this.backend.renew(ref, body, caller);
+          if (status !== null) {
+            send({ ok: true, status });
+            return;
+          }
+        }
         const http: HttpCall | null =
           heartbeat !== undefined
             ? {
                 method: "PUT",
                 url: `/v1/services/${segment(heartbeat.service)}/instances/${segment(heartbeat.id)}/heartbeat`,
-                body: present({ status: heartbeat.status, output: heartbeat.output }),
+                body,
               }
             : session !== undefined
               ? { method: "PUT", url: `/v1/sessions/${segment(session)}/renew` }
@@ -424,7 +441,7 @@ export class GrpcApi {
           send({ ok: false, code: "INVALID_ARGUMENT", message: "set heartbeat or session" });
           return;
         }
-        const answer = await this.backend.http(http, callerOf(call)).catch(() => null);
+        const answer = await this.backend.http(http, caller).catch(() => null);
         if (answer?.status === 200) {
           send({ ok: true, status: String(answer.body.status ?? "") });
           return;

@@ -1,4 +1,5 @@
-import { Type } from "@fastify/type-provider-typebox";
+import { type Static, Type } from "@fastify/type-provider-typebox";
+import { Ajv } from "ajv";
 
 /** DNS label: services and tags appear in DNS names. */
 export const labelPattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -49,6 +50,11 @@ export const HeartbeatBody = Type.Object(
   },
   { additionalProperties: false },
 );
+
+/** The same check as the heartbeat route's, for heartbeats taken without HTTP (gRPC KeepAlive). */
+export const validHeartbeatBody = new Ajv({ coerceTypes: false }).compile<
+  Static<typeof HeartbeatBody>
+>(HeartbeatBody);
 
 export const ConsistencyField = Type.Optional(
   Type.Union([Type.Literal("stale"), Type.Literal("default"), Type.Literal("linearizable")]),

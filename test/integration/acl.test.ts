@@ -393,6 +393,71 @@ describe("ACLs", () => {
     }
   });
 
+  it("gRPC KeepAlive on the leader: only a token that may write the service renews it, until it is revoked", async () => {
+    await policy("beat-writer", [{ resource: "service", prefix: "beat", access: "write" }]);
+    await policy("beat-reader", [{ resource: "service", prefix: "beat", access: "read" }]);
+    const [writer, reader] = [await token(["beat-writer"]), await token(["beat-reader"])];
+    await knownEverywhere(writer.secret);
+    await knownEverywhere(reader.secret);
+    const registered = await cluster.request(leader, "PUT", "/v1/services/beat/instances/b1", {
+      ...instance,
+      ttl: "30s",
+    });
+    expect(registered.status, JSON.stringify(registered.body)).toBe(200);
+    const { Registry } = (
+      grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
+        muster: {
+          v1: {
+            Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
+          };
+        };
+      }
+    ).muster.v1;
+    const client = new Registry(
+      cluster.get(leader).grpc,
+      grpc.credentials.createInsecure(),
+    ) as grpc.Client & {
+      keepAlive(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, Record<string, unknown>>;
+    };
+    /** One heartbeat on a stream of its own, with `secret` as its token. */
+    const beat = (secret: string | null) => {
+      const metadata = new grpc.Metadata();
+      if (secret !== null) metadata.set("x-muster-token", secret);
+      const stream = client.keepAlive(metadata);
+      return new Promise<Record<string, unknown>>((resolve, reject) => {
+        stream.on("data", (answer: Record<string, unknown>) => {
+          resolve(answer);
+          stream.end();
+        });
+        stream.on("error", reject);
+        stream.write({ heartbeat: { service: "beat", id: "b1" } });
+      });
+    };
+    try {
+      expect(await beat(writer.secret)).toMatchObject({ ok: true, status: "passing" });
+      for (const secret of [reader.secret, null])
+        expect(await beat(secret)).toMatchObject({
+          ok: false,
+          code: "PERMISSION_DENIED",
+          message: expect.stringContaining("service:beat write"),
+        });
+      const revoked = await cluster.request(
+        follower,
+        "DELETE",
+        `/v1/acl/tokens/${writer.accessor}`,
+      );
+      expect(revoked.status).toBe(200);
+      await eventually(
+        "the revocation on the leader",
+        async () => ((await beat(writer.secret)).ok === false ? true : undefined),
+        5000,
+      );
+      expect(await beat(writer.secret)).toMatchObject({ ok: false, code: "PERMISSION_DENIED" });
+    } finally {
+      client.close();
+    }
+  });
+
   it("the SDK sends its token; a denial throws MusterApiError 403 without retrying", async () => {
     const web = await token(["web-writer"]);
     await knownEverywhere(web.secret);

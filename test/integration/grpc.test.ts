@@ -328,6 +328,56 @@ describe("the gRPC API on a three-node cluster", () => {
     });
   });
 
+  it("KeepAlive on the leader renews in memory; status changes, unknown instances and bad bodies still follow the HTTP rules", async () => {
+    const leader = await cluster.leader();
+    const registry = client("Registry", leader);
+    await call(registry, "register", {
+      service: "beat",
+      id: "b1",
+      address: "10.0.4.1",
+      port: 1,
+      ttl: "2s",
+    });
+    const heartbeats = async () => {
+      const text = await (await fetch(`http://${cluster.get(leader).http}/metrics`)).text();
+      return Number(/^muster_heartbeats_total (\d+)/m.exec(text)?.[1] ?? Number.NaN);
+    };
+    const before = await heartbeats();
+    const stream = (
+      client("Registry", leader).keepAlive as () => grpc.ClientDuplexStream<Fields, Fields>
+    )();
+    const answers: Fields[] = [];
+    stream.on("data", (answer: Fields) => answers.push(answer));
+    stream.on("error", () => undefined);
+    // Six rounds of 500 ms on a 2 s TTL, many heartbeats in flight at once in each.
+    for (let round = 0; round < 6; round++) {
+      for (let k = 0; k < 50; k++) stream.write({ heartbeat: { service: "beat", id: "b1" } });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    stream.write({ heartbeat: { service: "beat", id: "b1", status: "warning", output: "slow" } });
+    stream.write({ heartbeat: { service: "beat", id: "b1", status: "sleepy" } });
+    stream.write({ heartbeat: { service: "beat", id: "nobody" } });
+    stream.write({ heartbeat: { service: "beat", id: "b1" } });
+    await eventually("every answer", async () => (answers.length >= 304 ? true : undefined));
+    stream.end();
+    expect(answers.slice(0, 300).every((answer) => answer.ok && answer.status === "passing")).toBe(
+      true,
+    );
+    expect(answers[300]).toMatchObject({ ok: true, status: "warning" });
+    expect(answers[301]).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect(String(answers[301]?.message)).toContain("status");
+    expect(answers[302]).toMatchObject({ ok: false, code: "NOT_FOUND" });
+    expect(answers[303]).toMatchObject({ ok: true, status: "warning" });
+    expect((await heartbeats()) - before).toBe(302);
+    // Three seconds on a 2 s TTL: only the stream kept it alive, with the status it reported.
+    const kept = await call(registry, "get", { service: "beat", consistency: "linearizable" });
+    expect((kept.instances as Fields[])[0]).toMatchObject({
+      id: "b1",
+      status: "warning",
+      output: "slow",
+    });
+  });
+
   it("grpc.health.v1 answers SERVING with a leader, NOT_SERVING without; reflection lists the services", async () => {
     const health = new packages.grpc.health.v1.Health(
       cluster.get("n1").grpc,
