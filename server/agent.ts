@@ -529,7 +529,8 @@ export class Agent {
    * write, a rate limit, an overloaded node) returns null, and the HTTP route answers it.
    */
   renewHere(ref: InstanceRef, body: unknown, token: string | null): InstanceStatus | null {
-    if (!this.lessor.isLeading || this.config.rateLimit > 0 || this.underPressure()) return null;
+    if (!this.lessor.isLeading || this.node.status().role !== "leader") return null;
+    if (this.config.rateLimit > 0 || this.underPressure()) return null;
     if (!validHeartbeatBody(body)) return null;
     const instance = this.fsm.instance(ref);
     if (instance === undefined || instance.expiredAt !== null) return null;
