@@ -35,12 +35,12 @@ export interface HttpAnswer {
 export interface GrpcBackend {
   /** `caller`: the gRPC client's address (limits count its calls as its own) and token. */
   http(call: HttpCall, caller: GrpcCaller): Promise<HttpAnswer>;
-  /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
   /**
    * A heartbeat this node can take on the spot (it only renews a TTL on the leader): the
    * instance's status; null when it must go through HTTP.
    */
   renew(ref: { service: string; id: string }, body: Fields, caller: GrpcCaller): string | null;
+  /** The gRPC address of the leader this node knows, for UNAVAILABLE's hint. */
   leaderGrpc(): string | null;
   hasLeader(): boolean;
 }
