@@ -111,6 +111,9 @@ export class Agent {
       // Election timeouts are randomized up to twice the configured one.
       graceMs: config.ttlCheckpointIntervalMs + 2 * config.electionTimeoutMs,
       checkpointIntervalMs: config.ttlCheckpointIntervalMs,
+      // Followers would have started an election by then: a leader back from such a gap is
+      // in the place of a new one.
+      stallMs: config.electionTimeoutMs,
       deregisterAfterMs: config.deregisterAfterMs,
       selfPreservationThreshold: config.selfPreservationThreshold,
       selfPreservationMinInstances: config.selfPreservationMinInstances,
@@ -133,6 +136,12 @@ export class Agent {
         );
       },
       onEvicted: (count) => this.metrics.evictions.inc(count),
+      onStall: (gapMs) =>
+        this.logger.warn(
+          { event: "lessor-stalled", gapMs: Math.round(gapMs) },
+          "this node could not run for %d ms: TTL countdowns get a new leader's grace",
+          Math.round(gapMs),
+        ),
     });
   }
 

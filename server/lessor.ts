@@ -15,6 +15,12 @@ export interface LessorOptions {
    */
   readonly graceMs: number;
   readonly checkpointIntervalMs: number;
+  /**
+   * A gap between two ticks longer than this means this node could not run (a pause, a
+   * frozen VM, a long GC): heartbeats sent meanwhile are still waiting to be read, so the
+   * countdowns get the same grace as after a takeover.
+   */
+  readonly stallMs: number;
   readonly deregisterAfterMs: number;
   /** Share of instances at risk above which evictions stop. */
   readonly selfPreservationThreshold: number;
@@ -27,6 +33,8 @@ export interface LessorOptions {
   readonly propose: (command: RegistryCommand) => Promise<unknown>;
   readonly onSelfPreservation: (engaged: boolean, atRisk: number, total: number) => void;
   readonly onEvicted: (count: number) => void;
+  /** A stall was noticed while leading (`gapMs` between two ticks). */
+  readonly onStall: (gapMs: number) => void;
 }
 
 interface Lease {
@@ -96,6 +104,7 @@ export class Lessor {
   /** When each countdown runs out, as seen from the entries this node applied (monotonic). */
   private readonly observed = new Map<string, number>();
   private lastPrune = 0;
+  private lastTick: number | null = null;
 
   constructor(
     private readonly fsm: RegistryStateMachine,
@@ -239,6 +248,9 @@ export class Lessor {
   /** Called on a timer on the leader: expire, evict, revive and checkpoint as due. */
   tick(): void {
     const now = this.options.now();
+    const gap = this.lastTick === null ? 0 : now - this.lastTick;
+    this.lastTick = now;
+    if (this.leading && gap > this.options.stallMs) this.graceAfterStall(now, gap);
     if (now - this.lastPrune >= this.options.checkpointIntervalMs) {
       this.lastPrune = now;
       for (const key of this.observed.keys()) {
@@ -308,6 +320,19 @@ export class Lessor {
       this.submit("expire", [{ op: "expire", instances, now: wall }]);
     }
     if (evict.length > 0) this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
+  }
+
+  /** Nothing expires for a grace after a stall: the renewals it held up come in first. */
+  private graceAfterStall(now: number, gapMs: number): void {
+    for (const lease of this.leases.values()) {
+      const ttlMs = this.fsm.instance(lease.ref)?.ttlMs ?? 0;
+      lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(ttlMs));
+    }
+    for (const [id, lease] of this.sessionLeases) {
+      const ttlMs = this.fsm.locks.session(id)?.ttlMs ?? 0;
+      lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(ttlMs));
+    }
+    this.options.onStall(gapMs);
   }
 
   /** Sessions run out like instances do (but self-preservation never holds them back). */

@@ -123,6 +123,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     liveInstances > 0 || lockWorkers > 0 ? ttlArgs : [],
   );
   const faults: Partial<Record<FaultKind, number>> = {};
+  const resumed: number[] = [];
   try {
     const stop = new AbortController();
     const workload = runRegistryWorkload(cluster, workloadRandom, {
@@ -150,6 +151,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       const kind = nemesisRandom.pick(options.faults);
       const holdMs = nemesisRandom.between(800, maxHoldMs);
       const done = await injectFault(cluster, nemesisRandom, kind, holdMs);
+      if (kind === "pause") resumed.push(performance.now());
       log(`${kind}: ${done} (${holdMs} ms)`);
       faults[kind] = (faults[kind] ?? 0) + 1;
       await new Promise((resolve) => setTimeout(resolve, nemesisRandom.between(300, 1500)));
@@ -183,6 +185,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
                 history
                   .filter((op) => op.input.op !== "read" && Number.isFinite(op.return))
                   .map((op) => op.return),
+                resumed,
               ),
               violations: ttlResult.violations,
             },

@@ -55,7 +55,10 @@ const stallAfterMs = 300;
 export function latestBeyondStalls(
   result: TtlResult,
   acknowledged: readonly number[],
+  /** When paused nodes resumed: a leader back from a pause grants the same grace as a new one. */
+  resumed: readonly number[],
 ): { latestBeyondStallsMs: number; latestDetail: string } {
+  const takeovers = [...result.takeovers, ...resumed].sort((a, b) => a - b);
   const acks = [...acknowledged].sort((a, b) => a - b);
   const stalled = (from: number, to: number) => {
     let total = 0;
@@ -69,7 +72,7 @@ export function latestBeyondStalls(
   };
   let latest = { ms: 0, detail: "" };
   for (const eviction of result.evictions) {
-    const deadline = evictionDeadline(eviction, result.takeovers);
+    const deadline = evictionDeadline(eviction, takeovers);
     const stall = stalled(eviction.acknowledged, eviction.gone);
     const late = eviction.gone - deadline - stall;
     if (late > latest.ms)
@@ -78,7 +81,7 @@ export function latestBeyondStalls(
         detail:
           `acknowledged ${Math.round(eviction.acknowledged)}, critical seen +${Math.round(eviction.critical - eviction.acknowledged)}, ` +
           `gone seen +${Math.round(eviction.gone - eviction.acknowledged)}, deadline +${Math.round(deadline - eviction.acknowledged)}, ` +
-          `stalled ${Math.round(stall)} ms; takeovers at [${result.takeovers
+          `stalled ${Math.round(stall)} ms; takeovers and resumptions at [${takeovers
             .map((t) => Math.round(t - eviction.acknowledged))
             .filter((t) => t > -graceMs && t < eviction.gone - eviction.acknowledged)
             .join(", ")}]`,

@@ -17,6 +17,7 @@ class Bench {
   now = 0;
   readonly proposed: RegistryCommand[] = [];
   readonly preservation: boolean[] = [];
+  readonly stalls: number[] = [];
   readonly lessor: Lessor;
 
   constructor(overrides: Partial<LessorOptions> = {}) {
@@ -31,6 +32,7 @@ class Bench {
     return {
       graceMs,
       checkpointIntervalMs,
+      stallMs: electionTimeoutMs,
       deregisterAfterMs,
       selfPreservationThreshold: 0.5,
       selfPreservationMinInstances: 10,
@@ -42,6 +44,7 @@ class Bench {
       },
       onSelfPreservation: (engaged) => this.preservation.push(engaged),
       onEvicted: () => undefined,
+      onStall: (gapMs) => this.stalls.push(gapMs),
     };
   }
 
@@ -141,6 +144,39 @@ describe("TTL lessor", () => {
     expect(bench.status(ref)).toBe("critical");
     await bench.run(lessor, 3 * tickMs);
     expect(bench.status(ref)).toBe("passing");
+  });
+
+  it("a leader that could not run for longer than an election timeout expires nothing for a grace: the heartbeats it held up come first", async () => {
+    const bench = new Bench();
+    const lessor = bench.lessor;
+    lessor.becomeLeader();
+    const live = bench.register(lessor, "web", "live");
+    const silent = bench.register(lessor, "web", "silent");
+    const session = "00000000-0000-4000-8000-000000000001";
+    bench.log.apply({
+      op: "session-create",
+      session: { id: session, name: "s", ttlMs, behavior: "release", lockDelayMs: 0, client: "c" },
+      maxPerClient: 10,
+    });
+    lessor.renewSession(session);
+    await bench.run(lessor, 5000, [live]);
+    // Frozen for longer than the TTL: the heartbeats sent meanwhile wait in its sockets.
+    bench.now += ttlMs + 500;
+    const resumedAt = bench.now;
+    lessor.tick();
+    bench.heartbeat(lessor, live);
+    lessor.renewSession(session);
+    const silentAt = await bench.criticalAt(lessor, silent, resumedAt + ttlMs);
+    expect(silentAt).toBe(resumedAt + graceMs);
+    await bench.run(lessor, ttlMs / 2, [live]);
+    expect(bench.status(live)).toBe("passing");
+    expect(bench.log.fsm.locks.session(session)).toBeDefined();
+    expect(bench.proposed.some((command) => command.op === "session-end")).toBe(false);
+    expect(bench.stalls).toEqual([ttlMs + 500]);
+    // A gap within the election timeout is no stall.
+    bench.now += electionTimeoutMs - tickMs;
+    lessor.tick();
+    expect(bench.stalls).toHaveLength(1);
   });
 
   it("a new leader resumes each countdown where the applied entries left it, after a grace", async () => {
