@@ -111,9 +111,9 @@ export class Agent {
       // Election timeouts are randomized up to twice the configured one.
       graceMs: config.ttlCheckpointIntervalMs + 2 * config.electionTimeoutMs,
       checkpointIntervalMs: config.ttlCheckpointIntervalMs,
-      // Followers would have started an election by then: a leader back from such a gap is
-      // in the place of a new one.
-      stallMs: config.electionTimeoutMs,
+      // A tick later than due by an election timeout: followers would have started an
+      // election meanwhile, so a leader back from such a gap is in the place of a new one.
+      stallMs: lessorIntervalMs + config.electionTimeoutMs,
       deregisterAfterMs: config.deregisterAfterMs,
       selfPreservationThreshold: config.selfPreservationThreshold,
       selfPreservationMinInstances: config.selfPreservationMinInstances,
