@@ -136,11 +136,12 @@ export class Agent {
         );
       },
       onEvicted: (count) => this.metrics.evictions.inc(count),
-      onStall: (gapMs) =>
+      onStall: (gapMs, graced) =>
         this.logger.warn(
-          { event: "lessor-stalled", gapMs: Math.round(gapMs) },
-          "this node could not run for %d ms: TTL countdowns get a new leader's grace",
+          { event: "lessor-stalled", gapMs: Math.round(gapMs), graced },
+          "this node could not run for %d ms: %d countdowns that ran out meanwhile get a new leader's grace",
           Math.round(gapMs),
+          graced,
         ),
     });
   }

@@ -17,8 +17,8 @@ export interface LessorOptions {
   readonly checkpointIntervalMs: number;
   /**
    * A gap between two ticks longer than this means this node could not run (a pause, a
-   * frozen VM, a long GC): heartbeats sent meanwhile are still waiting to be read, so the
-   * countdowns get the same grace as after a takeover.
+   * frozen VM, a long GC): heartbeats sent meanwhile may still wait to be read, so the
+   * countdowns that ran out meanwhile get the same grace as after a takeover.
    */
   readonly stallMs: number;
   readonly deregisterAfterMs: number;
@@ -33,8 +33,8 @@ export interface LessorOptions {
   readonly propose: (command: RegistryCommand) => Promise<unknown>;
   readonly onSelfPreservation: (engaged: boolean, atRisk: number, total: number) => void;
   readonly onEvicted: (count: number) => void;
-  /** A stall was noticed while leading (`gapMs` between two ticks). */
-  readonly onStall: (gapMs: number) => void;
+  /** A stall was noticed while leading: `gapMs` between two ticks; `graced` countdowns got a grace. */
+  readonly onStall: (gapMs: number, graced: number) => void;
 }
 
 interface Lease {
@@ -248,9 +248,10 @@ export class Lessor {
   /** Called on a timer on the leader: expire, evict, revive and checkpoint as due. */
   tick(): void {
     const now = this.options.now();
-    const gap = this.lastTick === null ? 0 : now - this.lastTick;
+    const last = this.lastTick;
     this.lastTick = now;
-    if (this.leading && gap > this.options.stallMs) this.graceAfterStall(now, gap);
+    if (this.leading && last !== null && now - last > this.options.stallMs)
+      this.graceAfterStall(last, now);
     if (now - this.lastPrune >= this.options.checkpointIntervalMs) {
       this.lastPrune = now;
       for (const key of this.observed.keys()) {
@@ -322,17 +323,29 @@ export class Lessor {
     if (evict.length > 0) this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
   }
 
-  /** Nothing expires for a grace after a stall: the renewals it held up come in first. */
-  private graceAfterStall(now: number, gapMs: number): void {
+  /**
+   * After a stall, a countdown that ran out during it gets a new leader's grace, so that the
+   * renewals the stall held up are read first. Only a stall longer than half the TTL can hold
+   * up every renewal of a client that renews at least twice per TTL. Countdowns that ran out
+   * before the stall, or run on after it, keep theirs.
+   */
+  private graceAfterStall(since: number, now: number): void {
+    const heldUp = (expiresAt: number, ttlMs: number) =>
+      expiresAt > since && expiresAt <= now && now - since > ttlMs / 2;
+    let given = 0;
     for (const lease of this.leases.values()) {
       const ttlMs = this.fsm.instance(lease.ref)?.ttlMs ?? 0;
+      if (!heldUp(lease.expiresAt, ttlMs)) continue;
       lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(ttlMs));
+      given++;
     }
     for (const [id, lease] of this.sessionLeases) {
       const ttlMs = this.fsm.locks.session(id)?.ttlMs ?? 0;
+      if (!heldUp(lease.expiresAt, ttlMs)) continue;
       lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(ttlMs));
+      given++;
     }
-    this.options.onStall(gapMs);
+    this.options.onStall(now - since, given);
   }
 
   /** Sessions run out like instances do (but self-preservation never holds them back). */

@@ -17,7 +17,7 @@ class Bench {
   now = 0;
   readonly proposed: RegistryCommand[] = [];
   readonly preservation: boolean[] = [];
-  readonly stalls: number[] = [];
+  readonly stalls: [number, number][] = [];
   readonly lessor: Lessor;
 
   constructor(overrides: Partial<LessorOptions> = {}) {
@@ -44,7 +44,7 @@ class Bench {
       },
       onSelfPreservation: (engaged) => this.preservation.push(engaged),
       onEvicted: () => undefined,
-      onStall: (gapMs) => this.stalls.push(gapMs),
+      onStall: (gapMs, graced) => this.stalls.push([gapMs, graced]),
     };
   }
 
@@ -152,6 +152,8 @@ describe("TTL lessor", () => {
     lessor.becomeLeader();
     const live = bench.register(lessor, "web", "live");
     const silent = bench.register(lessor, "web", "silent");
+    // Runs out after the stall: it keeps its own countdown.
+    const later = bench.register(lessor, "web", "later", 3 * ttlMs);
     const session = "00000000-0000-4000-8000-000000000001";
     bench.log.apply({
       op: "session-create",
@@ -172,11 +174,21 @@ describe("TTL lessor", () => {
     expect(bench.status(live)).toBe("passing");
     expect(bench.log.fsm.locks.session(session)).toBeDefined();
     expect(bench.proposed.some((command) => command.op === "session-end")).toBe(false);
-    expect(bench.stalls).toEqual([ttlMs + 500]);
+    // live, silent and the session ran out during the stall.
+    expect(bench.stalls).toEqual([[ttlMs + 500, 3]]);
+    expect(await bench.criticalAt(lessor, later, 4 * ttlMs)).toBe(3 * ttlMs);
+    // A stall shorter than half the TTL cannot have held up every heartbeat: no grace.
+    const short = bench.register(lessor, "web", "short");
+    await bench.run(lessor, ttlMs - 2000);
+    bench.now += 4000;
+    const shortAt = bench.now;
+    lessor.tick();
+    expect(bench.stalls[1]).toEqual([4000, 0]);
+    expect(await bench.criticalAt(lessor, short, shortAt + ttlMs)).toBe(shortAt + tickMs);
     // A gap within the election timeout is no stall.
     bench.now += electionTimeoutMs - tickMs;
     lessor.tick();
-    expect(bench.stalls).toHaveLength(1);
+    expect(bench.stalls).toHaveLength(2);
   });
 
   it("a new leader resumes each countdown where the applied entries left it, after a grace", async () => {
