@@ -45,6 +45,7 @@ describe("fault campaigns against three real agents", () => {
           counts: report.counts,
           locks: report.locks,
           ttl: report.ttl,
+          logs: report.logs,
         }),
       );
       expect(report.linearizability).toEqual({ result: "ok" });
@@ -74,6 +75,8 @@ describe("fault campaigns against three real agents", () => {
       durationMs: 15_000,
       faults: ["partition-minority", "partition-leader", "delay"],
       env: { MUSTER_PLANTED_BUG: "local-reads" },
+      // Failing is what this run is for: nothing to keep.
+      keepFailed: false,
     });
     expect(report.linearizability.result).toBe("illegal");
   });

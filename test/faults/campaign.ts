@@ -33,12 +33,16 @@ export interface CampaignOptions {
   /** Instances kept alive through the faults by the SDK, beside silent ones (default 0). */
   readonly liveInstances?: number;
   readonly log?: (line: string) => void;
+  /** Keep the agents' data and logs when a check fails (default true). */
+  readonly keepFailed?: boolean;
   /** Environment of the agents (MUSTER_PLANTED_BUG to check that the checkers catch it). */
   readonly env?: Readonly<Record<string, string>>;
 }
 
 export interface CampaignReport {
   readonly seed: number;
+  /** Where the agents' data and logs were kept because a check failed; null when all held. */
+  readonly logs: string | null;
   readonly operations: number;
   readonly counts: Record<string, number>;
   readonly faults: Partial<Record<FaultKind, number>>;
@@ -124,6 +128,8 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
   );
   const faults: Partial<Record<FaultKind, number>> = {};
   const resumed: number[] = [];
+  // A run that fails keeps its agents' data and logs, to trace the failure.
+  let keep = true;
   try {
     const stop = new AbortController();
     const workload = runRegistryWorkload(cluster, workloadRandom, {
@@ -164,8 +170,9 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     const handover = lockWorkers > 0 ? await probeHandover(cluster) : null;
     history.push(...(await finalReads(cluster, keys)));
     const linearizability = checkOperations(registerModel, history, { timeoutMs: 60_000 });
-    return {
+    const report: CampaignReport = {
       seed: options.seed,
+      logs: null,
       operations: history.length + staleReads.length,
       counts,
       faults,
@@ -190,7 +197,13 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
               violations: ttlResult.violations,
             },
     };
+    keep = (options.keepFailed ?? true) && !campaignPassed(report);
+    return keep ? { ...report, logs: cluster.agents.root } : report;
+  } catch (error) {
+    throw new Error(`the run stopped; the agents' data and logs are in ${cluster.agents.root}`, {
+      cause: error,
+    });
   } finally {
-    await cluster.destroy();
+    await cluster.destroy(keep);
   }
 }

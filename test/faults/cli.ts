@@ -1,5 +1,5 @@
 import { Command, InvalidArgumentError } from "commander";
-import { campaignPassed, runCampaign } from "./campaign.js";
+import { type CampaignReport, campaignPassed, runCampaign } from "./campaign.js";
 import { type FaultKind, faultKinds } from "./nemesis.js";
 
 /** `npm run faults -- --minutes N [--seed S]`: a long fault campaign, one run per few minutes. */
@@ -35,19 +35,34 @@ let seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
 let failed = 0;
 let runs = 0;
 const totals: Record<string, number> = {};
+/** One run's report, or why it stopped before its checks (a fault that never completed, say). */
+async function runOnce(seed: number, durationMs: number): Promise<CampaignReport | Error> {
+  try {
+    return await runCampaign({
+      seed,
+      durationMs,
+      faults: options.faults,
+      lockWorkers: 3,
+      liveInstances: 5,
+      // Timed, so that a violation (which names its time) can be set beside the faults.
+      log: (line) => console.log(`  ${new Date().toISOString()} ${line}`),
+    });
+  } catch (error) {
+    return error instanceof Error ? error : new Error(String(error));
+  }
+}
+
 while (Date.now() < end) {
   const durationMs = Math.min(options.runMinutes * 60_000, Math.max(10_000, end - Date.now()));
   console.log(`run ${runs + 1}: seed ${seed}, ${Math.round(durationMs / 1000)} s`);
-  const report = await runCampaign({
-    seed,
-    durationMs,
-    faults: options.faults,
-    lockWorkers: 3,
-    liveInstances: 5,
-    // Timed, so that a violation (which names its time) can be set beside the faults.
-    log: (line) => console.log(`  ${new Date().toISOString()} ${line}`),
-  });
+  const report = await runOnce(seed, durationMs);
   runs += 1;
+  seed += 1;
+  if (report instanceof Error) {
+    failed += 1;
+    console.log(`  FAILED: ${report.message}`, report.cause);
+    continue;
+  }
   for (const [kind, count] of Object.entries(report.faults))
     totals[kind] = (totals[kind] ?? 0) + count;
   const ok = campaignPassed(report);
@@ -55,9 +70,9 @@ while (Date.now() < end) {
   console.log(
     `  ${ok ? "ok" : "FAILED"}: ${report.operations} operations, ${JSON.stringify(report.counts)}, ` +
       `linearizability ${JSON.stringify(report.linearizability)}, stale ${report.staleViolation ?? "monotonic"}, ` +
-      `locks ${JSON.stringify(report.locks)}, ttl ${JSON.stringify(report.ttl)}`,
+      `locks ${JSON.stringify(report.locks)}, ttl ${JSON.stringify(report.ttl)}` +
+      (report.logs === null ? "" : `; data and logs kept in ${report.logs}`),
   );
-  seed += 1;
 }
 console.log(`${runs} runs, ${failed} failed; faults injected: ${JSON.stringify(totals)}`);
 process.exit(failed === 0 ? 0 : 1);

@@ -178,9 +178,9 @@ export class FaultCluster {
     return this.agents.converged(60_000);
   }
 
-  async destroy(): Promise<void> {
+  async destroy(keep?: boolean): Promise<void> {
     for (const id of nodeIds) this.resume(id);
-    await this.agents.destroy();
+    await this.agents.destroy(keep);
     for (const proxy of this.links.values()) await proxy.close();
   }
 }

@@ -297,10 +297,10 @@ export class AgentCluster {
     );
   }
 
-  async destroy(): Promise<void> {
+  /** Stop every agent; their data and logs are removed unless `keep` (or MUSTER_KEEP_TEST_DATA). */
+  async destroy(keep = process.env.MUSTER_KEEP_TEST_DATA !== undefined): Promise<void> {
     for (const agent of this.agents.values()) await this.kill(agent.id, "SIGKILL");
     await this.dispatcher?.close();
-    if (process.env.MUSTER_KEEP_TEST_DATA === undefined)
-      await rm(this.root, { recursive: true, force: true });
+    if (!keep) await rm(this.root, { recursive: true, force: true });
   }
 }
