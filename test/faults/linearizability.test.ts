@@ -295,6 +295,28 @@ describe("indeterminate operations", () => {
     expect(check(history)).toEqual({ result: "ok" });
   });
 
+  it("many timed-out puts that no read saw are checked at once", () => {
+    const history: Op[] = [put(0, "k", "first", 0, 5)];
+    // 200 writes of unknown outcome, all concurrent: every order and subset would be tried.
+    for (let i = 1; i <= 200; i++) history.push(put(i, "k", `lost${i}`, 10, Infinity));
+    history.push(read(300, "k", "first", 20, 30), read(301, "k", null, 40, 50));
+    expect(check(history)).toMatchObject({ result: "illegal" });
+    history.push(del(302, "k", 35, 36));
+    expect(check(history, 1000)).toEqual({ result: "ok" });
+  });
+
+  it("a timed-out put whose value a read saw still counts, before and after other writes", () => {
+    const history: Op[] = [
+      put(1, "k", "seen", 0, Infinity),
+      put(2, "k", "lost", 0, Infinity),
+      put(3, "k", "b", 10, 20),
+      read(4, "k", "seen", 30, 40),
+      read(4, "k", "b", 50, 60),
+    ];
+    // "seen" landed after "b", and "b" was read later still: impossible.
+    expect(check(history)).toMatchObject({ result: "illegal" });
+  });
+
   it("a timed-out put read, then a later read sees the older value", () => {
     const history: Op[] = [
       put(1, "k", "old", 0, 5),

@@ -302,7 +302,7 @@ export type RegisterInput =
 /** Reads: what was seen; puts/deletes: ignored. */
 export type RegisterOutput = { readonly value: string | null };
 
-/** Partitions by key; init null. */
+/** Partitions by key; init null. Each put writes a value no other put writes. */
 export const registerModel: Model<string | null, RegisterInput, RegisterOutput> = {
   init(): string | null {
     return null;
@@ -329,11 +329,23 @@ export const registerModel: Model<string | null, RegisterInput, RegisterOutput> 
   partition(
     history: readonly Operation<RegisterInput, RegisterOutput>[],
   ): Operation<RegisterInput, RegisterOutput>[][] {
+    const seen = new Set<string>();
+    for (const op of history)
+      if (op.input.op === "read" && op.return !== Infinity && op.output.value !== null)
+        seen.add(`${op.input.key}\u0000${op.output.value}`);
     const byKey = new Map<string, Operation<RegisterInput, RegisterOutput>[]>();
     for (const op of history) {
       // A read with an unknown outcome changes nothing and constrains nothing: leaving it out
       // keeps it from multiplying the search's states.
       if (op.input.op === "read" && op.return === Infinity) continue;
+      // Nor does a put with an unknown outcome whose value no read saw, when values are never
+      // written twice: had it taken effect, no read came before the next write covered it.
+      if (
+        op.input.op === "put" &&
+        op.return === Infinity &&
+        !seen.has(`${op.input.key}\u0000${op.input.value}`)
+      )
+        continue;
       const ops = byKey.get(op.input.key);
       if (ops === undefined) byKey.set(op.input.key, [op]);
       else ops.push(op);
