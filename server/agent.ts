@@ -41,6 +41,23 @@ const proposeTimeoutMs = 5000;
 /** Where the first leader keeps a management secret it made (in its data directory, 0600). */
 const bootstrapSecretFile = "acl-bootstrap-token";
 const joinTimeoutMs = 10_000;
+/**
+ * How long a joining node keeps asking while the cluster cannot take it yet (electing, a
+ * member unreachable): like a restart under a supervisor, without the restart.
+ */
+const joinRetryMs = 60_000;
+/** Failures of the network rather than of the request: worth asking again. */
+const transientFetchFailures = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "UND_ERR_HEADERS_TIMEOUT",
+  "UND_ERR_CLOSED",
+]);
 /** Appends stay well under the peers' message limit (4 MiB), whatever the entries hold. */
 const maxAppendBytes = 1024 * 1024;
 /** How long a write may wait for a leader before it fails with 503. */
@@ -165,7 +182,7 @@ export class Agent {
     }
     // A node that already holds a log is a member: it restarts, it does not join again.
     if (stored === null && config.join !== null) {
-      const joined = await Agent.askToJoin(config, config.join, api);
+      const joined = await Agent.joinCluster(config, config.join, api, logger);
       clusterId = joined.clusterId;
       joinPeers = joined.peers;
     }
@@ -175,14 +192,45 @@ export class Agent {
     return agent;
   }
 
-  /** Ask a running member to add this node as a learner; returns the cluster id and its members. */
+  /**
+   * Ask through `join` until the cluster takes this node, for up to joinRetryMs while the
+   * failure is one that passes (no leader, no answer, a refused connection). A refusal of
+   * the request itself (a denied token, a bad address, an untrusted certificate) ends it at once.
+   */
+  private static async joinCluster(
+    config: AgentConfig,
+    join: string,
+    api: ApiFetch,
+    logger: Logger,
+  ): Promise<{ clusterId: string; peers: Map<string, string> }> {
+    const deadline = Date.now() + joinRetryMs;
+    for (let delayMs = 250; ; delayMs = Math.min(2 * delayMs, 4000)) {
+      const outcome = await Agent.askToJoin(config, join, api);
+      if (!("failure" in outcome)) return outcome;
+      if (!outcome.transient || Date.now() + delayMs > deadline)
+        throw new Error(`joining through ${join} failed: ${outcome.failure}`);
+      logger.warn(
+        { event: "join-retry", failure: outcome.failure },
+        "joining through %s failed (%s); asking again in %d ms",
+        join,
+        outcome.failure,
+        delayMs,
+      );
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  }
+
+  /** Ask a running member once to add this node as a learner: the cluster id and its members. */
   private static async askToJoin(
     config: AgentConfig,
     join: string,
     api: ApiFetch,
-  ): Promise<{ clusterId: string; peers: Map<string, string> }> {
-    const response = await api
-      .fetch(join, "/v1/cluster/members", {
+  ): Promise<
+    { clusterId: string; peers: Map<string, string> } | { failure: string; transient: boolean }
+  > {
+    let response: Response;
+    try {
+      response = await api.fetch(join, "/v1/cluster/members", {
         method: "POST",
         headers: {
           "content-type": "application/json",
@@ -190,19 +238,23 @@ export class Agent {
         },
         body: JSON.stringify(ownAddresses(config)),
         signal: AbortSignal.timeout(joinTimeoutMs),
-      })
-      .catch((error: unknown) => {
-        throw new Error(
-          `joining through ${join} failed: ${describeFetchFailure(error, joinTimeoutMs)}`,
-        );
       });
-    const body = (await response.json()) as {
+    } catch (error) {
+      const failure = describeFetchFailure(error, joinTimeoutMs);
+      const timedOut =
+        error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError");
+      return { failure, transient: timedOut || transientFetchFailures.has(failure) };
+    }
+    const body = (await response.json().catch(() => ({}))) as {
       clusterId?: string;
       members?: { id: string; raft: string }[];
       error?: { message: string };
     };
     if (!response.ok || typeof body.clusterId !== "string") {
-      throw new Error(`joining through ${join} failed: ${body.error?.message ?? response.status}`);
+      return {
+        failure: body.error?.message ?? String(response.status),
+        transient: response.status === 503 || response.status === 429,
+      };
     }
     return {
       clusterId: body.clusterId,

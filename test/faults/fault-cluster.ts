@@ -83,8 +83,10 @@ export class FaultCluster {
     }
   }
 
+  /** Started and not exited (a node that gave up joining has exited on its own). */
   running(id: string): boolean {
-    return this.agents.get(id).process !== null;
+    const child = this.agents.get(id).process;
+    return child !== null && child.exitCode === null && child.signalCode === null;
   }
 
   async kill(id: string): Promise<void> {
@@ -117,15 +119,19 @@ export class FaultCluster {
     this.paused.delete(id);
   }
 
-  /** Whether every node is a voter, as some running node sees it. */
+  /**
+   * Whether every node is a voter, as every running node sees it: one node that lags (just
+   * resumed, say) may still show a configuration the cluster has left.
+   */
   private async allVoters(): Promise<boolean> {
     for (const id of nodeIds) {
       if (!this.running(id)) continue;
       const answer = await this.agents.request(id, "GET", "/v1/cluster/members").catch(() => null);
       const members = (answer?.body.members ?? []) as { id: string; voter: boolean }[];
-      if (members.length === nodeIds.length && members.every((member) => member.voter)) return true;
+      if (members.length !== nodeIds.length || !members.every((member) => member.voter))
+        return false;
     }
-    return false;
+    return true;
   }
 
   /**
@@ -162,8 +168,11 @@ export class FaultCluster {
     this.start(id);
     await eventually(
       `${id} to be a voter again`,
-      async () => ((await this.allVoters()) ? true : undefined),
-      60_000,
+      async () => {
+        if (!this.running(id)) throw new Error(`${id} exited while joining (see its log)`);
+        return (await this.allVoters()) ? true : undefined;
+      },
+      90_000,
     );
   }
 

@@ -1,4 +1,4 @@
-import { readdir, rm } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AgentCluster, eventually } from "./agents.js";
@@ -142,6 +142,38 @@ describe("a cluster of three muster agents", () => {
       0,
     );
   });
+
+  it("a node asked to join while the cluster has no leader keeps asking, and joins once it has one", async () => {
+    await cluster.bootstrap(ids);
+    const leader = await cluster.leader();
+    const [first, second] = ids.filter((id) => id !== leader) as [string, string];
+    // Two of three down: the one left cannot commit the new member.
+    await cluster.kill(first, "SIGKILL");
+    await cluster.kill(second, "SIGKILL");
+    await cluster.define("n4");
+    cluster.start("n4", [`--join=${cluster.get(leader).http}`]);
+    await eventually(
+      "n4 to be told there is no leader, and to ask again",
+      async () =>
+        (await readFile(join(cluster.root, "n4.log"), "utf8")).includes('"event":"join-retry"')
+          ? true
+          : undefined,
+      20_000,
+    );
+    expect(cluster.get("n4").process?.exitCode).toBeNull();
+    cluster.start(first, [cluster.peersArg(ids)]);
+    cluster.start(second, [cluster.peersArg(ids)]);
+    await eventually(
+      "n4 to join",
+      async () => {
+        const members = await cluster.request(await cluster.leader(), "GET", "/v1/cluster/members");
+        const entry = (members.body.members as { id: string }[]).find((m) => m.id === "n4");
+        return entry === undefined ? undefined : true;
+      },
+      60_000,
+    );
+    await cluster.converged();
+  }, 120_000);
 
   it("adds a fourth node as a learner, promotes it and removes another, committing throughout", async () => {
     await cluster.bootstrap(ids);
