@@ -594,16 +594,13 @@ export class Agent {
     if (!this.lessor.isLeading || this.node.status().role !== "leader") return null;
     if (this.config.rateLimit > 0 || this.underPressure()) return null;
     if (!validHeartbeatBody(body)) return null;
-    const instance = this.fsm.instance(ref);
-    if (instance === undefined || instance.expiredAt !== null) return null;
-    if ((body.status ?? instance.status) !== instance.status) return null;
     const allowed = this.acl
       .resolve(token)
       ?.authorizer.allows({ resource: "service", name: ref.service, access: "write" });
     if (allowed !== true) return null;
-    this.lessor.heartbeat(ref, undefined, "");
-    this.metrics.heartbeats.inc();
-    return instance.effectiveStatus;
+    const status = this.lessor.renewOnly(ref, body.status);
+    if (status !== null) this.metrics.heartbeats.inc();
+    return status;
   }
 
   private underPressure(): boolean {

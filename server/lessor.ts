@@ -73,6 +73,11 @@ const clockSkewAllowanceMs = 500;
 /** Countdowns per checkpoint entry: about 100 bytes each. */
 const checkpointChunk = 2000;
 
+/** Whether a heartbeat reporting `status` leaves the registry as it is. */
+function changesNothing(instance: Instance, status: InstanceStatus | undefined): boolean {
+  return instance.expiredAt === null && (status ?? instance.status) === instance.status;
+}
+
 function refOf(instance: InstanceRef): InstanceRef {
   return { service: instance.service, id: instance.id };
 }
@@ -216,8 +221,8 @@ export class Lessor {
     // This heartbeat commits the revival itself.
     if (instance.expiredAt !== null) lease.expireProposedAt = null;
     this.leases.set(keyOf(ref), lease);
+    if (changesNothing(instance, status)) return { found: true };
     const reported = status ?? instance.status;
-    if (instance.expiredAt === null && reported === instance.status) return { found: true };
     return {
       found: true,
       command: {
@@ -229,6 +234,18 @@ export class Lessor {
         now: this.options.wallClock(),
       },
     };
+  }
+
+  /**
+   * A heartbeat that changes nothing in the registry (no status change, no revival): the
+   * lease renewed and the status lookups see; null, renewing nothing, when it would change
+   * something or there is no such instance.
+   */
+  renewOnly(ref: InstanceRef, status: InstanceStatus | undefined): InstanceStatus | null {
+    const instance = this.fsm.instance(ref);
+    if (instance === undefined || !changesNothing(instance, status)) return null;
+    this.leases.set(keyOf(ref), this.fresh(instance));
+    return instance.effectiveStatus;
   }
 
   selfPreservation(): SelfPreservationState {

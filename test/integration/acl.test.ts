@@ -68,6 +68,20 @@ async function knownEverywhere(secret: string): Promise<void> {
   );
 }
 
+/** A plain gRPC Registry client of `node`; the caller closes it. */
+function registryClient(node: string): grpc.Client {
+  const { Registry } = (
+    grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
+      muster: {
+        v1: {
+          Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
+        };
+      };
+    }
+  ).muster.v1;
+  return new Registry(cluster.get(node).grpc, grpc.credentials.createInsecure());
+}
+
 function denial(answer: { status: number; body: Record<string, unknown> }) {
   expect(answer.status, JSON.stringify(answer.body)).toBe(403);
   return answer.body.error as { code: string; message: string; permission?: string };
@@ -352,19 +366,7 @@ describe("ACLs", () => {
   });
 
   it("gRPC: the token travels in metadata; a denial is PERMISSION_DENIED naming the permission", async () => {
-    const { Registry } = (
-      grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
-        muster: {
-          v1: {
-            Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
-          };
-        };
-      }
-    ).muster.v1;
-    const client = new Registry(
-      cluster.get(follower).grpc,
-      grpc.credentials.createInsecure(),
-    ) as grpc.Client & {
+    const client = registryClient(follower) as grpc.Client & {
       register(
         request: unknown,
         metadata: grpc.Metadata,
@@ -404,19 +406,7 @@ describe("ACLs", () => {
       ttl: "30s",
     });
     expect(registered.status, JSON.stringify(registered.body)).toBe(200);
-    const { Registry } = (
-      grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { oneofs: true })) as unknown as {
-        muster: {
-          v1: {
-            Registry: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client;
-          };
-        };
-      }
-    ).muster.v1;
-    const client = new Registry(
-      cluster.get(leader).grpc,
-      grpc.credentials.createInsecure(),
-    ) as grpc.Client & {
+    const client = registryClient(leader) as grpc.Client & {
       keepAlive(metadata: grpc.Metadata): grpc.ClientDuplexStream<unknown, Record<string, unknown>>;
     };
     /** One heartbeat on a stream of its own, with `secret` as its token. */
