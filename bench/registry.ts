@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { Agent as HttpAgent, request as httpRequest } from "node:http";
+import { Agent as HttpAgent } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { AgentCluster, eventually } from "../test/integration/agents.js";
 import { percentile } from "./stats.js";
+import { type Watcher, watchBlocking, watchStream } from "./watchers.js";
 import { perSecond, wrk } from "./wrk.js";
 
 /**
@@ -30,6 +31,7 @@ const registeredIdsPerThread = 3000;
 const heartbeatInstances = 1000;
 const watcherCount = 1000;
 const watchedChanges = 20;
+const warmupChanges = 3;
 const registerScript = fileURLToPath(new URL("./registry-register.lua", import.meta.url));
 const heartbeatScript = fileURLToPath(new URL("./registry-heartbeat.lua", import.meta.url));
 const protoFile = fileURLToPath(new URL("../proto/muster/v1/muster.proto", import.meta.url));
@@ -220,71 +222,6 @@ async function lookups(cluster: AgentCluster, rates: Rates): Promise<void> {
   if (now !== leader) console.log(`  the leader moved from ${leader} to ${now} during the lookups`);
 }
 
-interface Watcher {
-  /** The highest index this watcher has seen, and when (performance.now()). */
-  seen: number;
-  seenAt: number;
-}
-
-function target(address: string): { host: string; port: number } {
-  const at = address.lastIndexOf(":");
-  return { host: address.slice(0, at), port: Number(address.slice(at + 1)) };
-}
-
-/** Blocking queries, one after the other; the time is taken when the headers arrive. */
-async function watchBlocking(watcher: Watcher, agent: HttpAgent, address: string): Promise<void> {
-  for (;;) {
-    const { index, at } = await new Promise<{ index: number; at: number }>((resolve, reject) => {
-      const path = `/v1/services/watched?index=${watcher.seen}&wait=60s`;
-      const sent = httpRequest({ ...target(address), agent, path }, (response) => {
-        const at = performance.now();
-        const index = Number(response.headers["x-muster-index"]);
-        response.resume();
-        response.once("error", reject);
-        response.once("end", () =>
-          response.statusCode === 200
-            ? resolve({ index, at })
-            : reject(new Error(`blocking query answered ${response.statusCode}`)),
-        );
-      });
-      sent.once("error", reject);
-      sent.end();
-    });
-    if (index > watcher.seen) {
-      watcher.seen = index;
-      watcher.seenAt = at;
-    }
-  }
-}
-
-/** One Server-Sent Events stream; each event's id is the service's index. */
-function watchStream(watcher: Watcher, agent: HttpAgent, address: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const path = `/v1/watch/services/watched?index=${watcher.seen}`;
-    const sent = httpRequest({ ...target(address), agent, path }, (response) => {
-      if (response.statusCode !== 200) reject(new Error(`watch answered ${response.statusCode}`));
-      let buffered = "";
-      response.setEncoding("utf8");
-      response.on("data", (chunk: string) => {
-        const at = performance.now();
-        buffered += chunk;
-        for (let end = buffered.indexOf("\n\n"); end >= 0; end = buffered.indexOf("\n\n")) {
-          const index = Number(/^id: (\d+)$/m.exec(buffered.slice(0, end))?.[1] ?? -1);
-          buffered = buffered.slice(end + 2);
-          if (index > watcher.seen) {
-            watcher.seen = index;
-            watcher.seenAt = at;
-          }
-        }
-      });
-      response.once("error", reject);
-      response.once("end", resolve);
-    });
-    sent.once("error", reject);
-    sent.end();
-  });
-}
-
 /** Blocking queries and watch streams parked on all nodes together. */
 async function parked(cluster: AgentCluster): Promise<number> {
   const counts = await Promise.all(
@@ -306,9 +243,11 @@ interface WatchTimes {
 }
 
 /**
- * `watcherCount` watchers spread over the three nodes; `watchedChanges` registrations, one
- * at a time once every watcher is parked again. The leader wakes its own watchers in the
- * same step as it answers the PUT, so some see the change before the writer does.
+ * `watcherCount` watchers spread over the three nodes; `warmupChanges` registrations not
+ * measured (the first wakes of a fresh process run unoptimized code), then `watchedChanges`
+ * measured ones, one at a time once every watcher is parked again. The leader wakes its own
+ * watchers in the same step as it answers the PUT, so some see the change before the writer
+ * does.
  */
 async function watchLatencies(
   cluster: AgentCluster,
@@ -322,17 +261,19 @@ async function watchLatencies(
   }));
   const agents = ids.map(() => new HttpAgent({ keepAlive: true }));
   const failures: unknown[] = [];
-  let stopping = false;
-  watchers.forEach((watcher, n) => {
-    const agent = agents[n % ids.length] as HttpAgent;
+  const watching = watchers.map((watcher, n) => {
     const address = cluster.get(ids[n % ids.length] as string).http;
-    const watching =
+    const one =
       kind === "blocking"
-        ? watchBlocking(watcher, agent, address)
-        : watchStream(watcher, agent, address);
-    watching.catch((error: unknown) => {
-      if (!stopping) failures.push(error);
-    });
+        ? watchBlocking(watcher, address, "/v1/services/watched")
+        : watchStream(
+            watcher,
+            agents[n % ids.length] as HttpAgent,
+            address,
+            "/v1/watch/services/watched",
+          );
+    one.done.catch((error: unknown) => failures.push(error));
+    return one;
   });
   const until = (what: string, done: () => boolean | Promise<boolean>) =>
     eventually(
@@ -345,7 +286,7 @@ async function watchLatencies(
     );
   try {
     const times: WatchTimes = { fromAnswer: [], fromSend: [], put: [] };
-    for (let change = 0; change < watchedChanges; change++) {
+    for (let change = 0; change < warmupChanges + watchedChanges; change++) {
       await until(
         "every watcher to be parked",
         async () => (await parked(cluster)) >= watcherCount,
@@ -365,6 +306,7 @@ async function watchLatencies(
       await until(`every watcher to see index ${index}`, () =>
         watchers.every((watcher) => watcher.seen >= index),
       );
+      if (change < warmupChanges) continue;
       times.put.push(acknowledged - sent);
       for (const watcher of watchers) {
         times.fromAnswer.push(watcher.seenAt - acknowledged);
@@ -373,8 +315,7 @@ async function watchLatencies(
     }
     return times;
   } finally {
-    stopping = true;
-    for (const agent of agents) agent.destroy();
+    for (const one of watching) one.close();
   }
 }
 
