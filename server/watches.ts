@@ -10,6 +10,8 @@ interface Waiter {
 export class Watches {
   private readonly byService = new Map<string, Set<Waiter>>();
   private readonly listWaiters = new Set<Waiter>();
+  /** Services changed this turn, woken on the next (null in it: every service). */
+  private pending: Set<string | null> | null = null;
 
   /** Resolves at the next change of `service` (null: the service list), or when `signal` aborts. */
   next(service: string | null, signal: AbortSignal): Promise<void> {
@@ -32,12 +34,26 @@ export class Watches {
     });
   }
 
-  /** A change to `service` (null: everything may have changed, as after a snapshot restore). */
+  /**
+   * A change to `service` (null: everything may have changed, as after a snapshot restore).
+   * Its watchers wake once the I/O this turn started is under way: on a leader, the commit
+   * goes out to the followers (whose watchers wait for it) before this node spends the turn
+   * answering its own watchers.
+   */
   changed(service: string | null): void {
-    const woken =
-      service === null
-        ? [...this.byService.values()].flatMap((set) => [...set])
-        : [...(this.byService.get(service) ?? [])];
+    if (this.pending === null) {
+      this.pending = new Set();
+      setImmediate(() => this.wakePending());
+    }
+    this.pending.add(service);
+  }
+
+  private wakePending(): void {
+    const services = this.pending ?? new Set();
+    this.pending = null;
+    const woken = services.has(null)
+      ? [...this.byService.values()].flatMap((set) => [...set])
+      : [...services].flatMap((service) => [...(this.byService.get(service as string) ?? [])]);
     for (const waiter of [...woken, ...this.listWaiters]) waiter.wake();
   }
 

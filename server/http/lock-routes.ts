@@ -6,7 +6,7 @@ import { parseDuration } from "../config.js";
 import { MusterError } from "../errors.js";
 import { type Lock, type LockKind, lockKey, type Session } from "../fsm/locks.js";
 import { Duration, formatDuration, ReadQuery, sessionIdPattern } from "./schemas.js";
-import { clientGone, openEventStream, stillAllowed } from "./streams.js";
+import { boundedWait, openEventStream, stillAllowed } from "./streams.js";
 
 const defaultSessionTtlMs = 15_000;
 const maxSessionTtlMs = 3_600_000;
@@ -122,14 +122,17 @@ async function acquire(
       if (result.lock?.acquired === true || waitMs === 0) {
         return { acquired: result.lock?.acquired === true, holder: holderView(granted) };
       }
-      const gone = clientGone(reply);
-      const signal = AbortSignal.any([gone, AbortSignal.timeout(waitMs)]);
       const mine = () => {
         const lock = agent.fsm.locks.lock(kind, name);
         return lock?.holder?.session === session ? lock : undefined;
       };
-      while (mine() === undefined && !signal.aborted) {
-        await agent.watches.next(lockKey(kind, name), signal);
+      const wait = boundedWait(reply, waitMs);
+      try {
+        while (mine() === undefined && !wait.signal.aborted) {
+          await agent.watches.next(lockKey(kind, name), wait.signal);
+        }
+      } finally {
+        wait.end();
       }
       const held = mine();
       if (held !== undefined) return { acquired: true, holder: holderView(held) };
@@ -407,11 +410,15 @@ async function blockingLockRead(
     query.wait === undefined ? maxWaitMs : parseDuration(query.wait),
     maxWaitMs,
   );
-  const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
-  while (view.index <= query.index && !signal.aborted) {
-    await agent.watches.next(lockKey(kind, name), signal);
-    request.reauthorize();
-    view = lockView(agent, kind, name);
+  const wait = boundedWait(reply, waitMs);
+  try {
+    while (view.index <= query.index && !wait.signal.aborted) {
+      await agent.watches.next(lockKey(kind, name), wait.signal);
+      request.reauthorize();
+      view = lockView(agent, kind, name);
+    }
+    return view;
+  } finally {
+    wait.end();
   }
-  return view;
 }

@@ -15,7 +15,7 @@ import {
   ServiceQuery,
   WatchQuery,
 } from "./schemas.js";
-import { clientGone, openEventStream, stillAllowed } from "./streams.js";
+import { boundedWait, openEventStream, stillAllowed } from "./streams.js";
 
 const defaultTtlMs = 10_000;
 const maxMetaValueBytes = 512;
@@ -118,15 +118,16 @@ async function blockingRead<T extends { index: number }>(
     maxWaitMs,
   );
   const release = agent.watchQuota.enter(clientOf(reply.request));
+  const wait = boundedWait(reply, waitMs);
   try {
-    const signal = AbortSignal.any([clientGone(reply), AbortSignal.timeout(waitMs)]);
-    while (current.index <= query.index && !signal.aborted) {
-      await agent.watches.next(service, signal);
+    while (current.index <= query.index && !wait.signal.aborted) {
+      await agent.watches.next(service, wait.signal);
       reply.request.reauthorize();
       current = read();
     }
     return current;
   } finally {
+    wait.end();
     release();
   }
 }

@@ -5,17 +5,45 @@ import { MusterError } from "../errors.js";
 const maxUnreadBytes = 1024 * 1024;
 
 /**
- * Aborts when the client goes away before its answer is sent. The request's own "close"
- * fires once its body is read (Node 20), so it is the response that tells.
+ * Aborts `controller` when the client goes away before its answer is sent; returns the
+ * listener. The request's own "close" fires once its body is read (Node 20), so it is the
+ * response that tells.
  */
+function abortWhenGone(reply: FastifyReply, controller: AbortController): () => void {
+  const response = reply.raw;
+  const onClose = () => {
+    if (!response.writableFinished) controller.abort();
+  };
+  if (response.destroyed && !response.writableFinished) controller.abort();
+  response.once("close", onClose);
+  return onClose;
+}
+
+/** Aborts when the client goes away before its answer is sent. */
 export function clientGone(reply: FastifyReply): AbortSignal {
   const gone = new AbortController();
-  const response = reply.raw;
-  if (response.destroyed && !response.writableFinished) gone.abort();
-  response.once("close", () => {
-    if (!response.writableFinished) gone.abort();
-  });
+  abortWhenGone(reply, gone);
   return gone.signal;
+}
+
+/** A bounded wait for a parked request: `signal` aborts when the client goes or time is up. */
+export interface Wait {
+  readonly signal: AbortSignal;
+  /** Clears the timer: a wait that ends early leaves nothing behind until its bound. */
+  end(): void;
+}
+
+export function boundedWait(reply: FastifyReply, ms: number): Wait {
+  const ended = new AbortController();
+  const timer = setTimeout(() => ended.abort(), ms);
+  const onClose = abortWhenGone(reply, ended);
+  return {
+    signal: ended.signal,
+    end() {
+      clearTimeout(timer);
+      reply.raw.off("close", onClose);
+    },
+  };
 }
 
 /** SSE comment lines keep proxies from closing an idle stream. */
