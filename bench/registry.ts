@@ -1,6 +1,5 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { Agent as HttpAgent } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -259,19 +258,13 @@ async function watchLatencies(
     seen: start.body.index as number,
     seenAt: 0,
   }));
-  const agents = ids.map(() => new HttpAgent({ keepAlive: true }));
   const failures: unknown[] = [];
   const watching = watchers.map((watcher, n) => {
     const address = cluster.get(ids[n % ids.length] as string).http;
     const one =
       kind === "blocking"
         ? watchBlocking(watcher, address, "/v1/services/watched")
-        : watchStream(
-            watcher,
-            agents[n % ids.length] as HttpAgent,
-            address,
-            "/v1/watch/services/watched",
-          );
+        : watchStream(watcher, address, "/v1/watch/services/watched");
     one.done.catch((error: unknown) => failures.push(error));
     return one;
   });

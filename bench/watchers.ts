@@ -1,4 +1,3 @@
-import { type Agent as HttpAgent, request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
 
 /** What one watcher has seen: the highest index, and when (performance.now()). */
@@ -77,45 +76,58 @@ export function watchBlocking(watcher: Watcher, address: string, path: string): 
   };
 }
 
-/** One Server-Sent Events stream; each event's id is the service's index. */
-export function watchStream(
-  watcher: Watcher,
-  agent: HttpAgent,
-  address: string,
-  path: string,
-): Watching {
+/**
+ * One Server-Sent Events stream on its own connection, in bare HTTP/1.1 like
+ * watchBlocking. The agent writes each event in one chunk, so its `id:` line arrives whole
+ * or split only by TCP, which the kept tail covers.
+ */
+export function watchStream(watcher: Watcher, address: string, path: string): Watching {
+  const socket: Socket = connect(target(address));
+  socket.setNoDelay(true);
   let closing = false;
+  let started = false;
+  let tail = "";
   const done = new Promise<void>((resolve, reject) => {
-    const sent = httpRequest(
-      { ...target(address), agent, path: `${path}?index=${watcher.seen}` },
-      (response) => {
-        if (response.statusCode !== 200) reject(new Error(`watch answered ${response.statusCode}`));
-        let buffered = "";
-        response.setEncoding("utf8");
-        response.on("data", (chunk: string) => {
-          const at = performance.now();
-          buffered += chunk;
-          for (let end = buffered.indexOf("\n\n"); end >= 0; end = buffered.indexOf("\n\n")) {
-            const index = Number(/^id: (\d+)$/m.exec(buffered.slice(0, end))?.[1] ?? -1);
-            buffered = buffered.slice(end + 2);
-            if (index > watcher.seen) {
-              watcher.seen = index;
-              watcher.seenAt = at;
-            }
-          }
-        });
-        response.once("error", (error) => (closing ? resolve() : reject(error)));
-        response.once("end", resolve);
-      },
+    socket.on("connect", () =>
+      socket.write(`GET ${path}?index=${watcher.seen} HTTP/1.1\r\nHost: ${address}\r\n\r\n`),
     );
-    sent.once("error", (error) => (closing ? resolve() : reject(error)));
-    sent.end();
+    socket.on("data", (chunk: Buffer) => {
+      const at = performance.now();
+      let text = tail + chunk.toString("latin1");
+      if (!started) {
+        const end = text.indexOf("\r\n\r\n");
+        if (end < 0) {
+          tail = text;
+          return;
+        }
+        const status = text.slice(9, 12);
+        if (status !== "200") {
+          reject(new Error(`watch answered ${status}`));
+          socket.destroy();
+          return;
+        }
+        started = true;
+        text = text.slice(end + 4);
+      }
+      for (const [, id] of text.matchAll(/\nid: (\d+)\n/g)) {
+        const index = Number(id);
+        if (index > watcher.seen) {
+          watcher.seen = index;
+          watcher.seenAt = at;
+        }
+      }
+      tail = text.slice(Math.max(0, text.lastIndexOf("\n\n") + 1));
+    });
+    socket.on("error", (error) => (closing ? resolve() : reject(error)));
+    socket.on("close", () =>
+      closing ? resolve() : reject(new Error("the agent closed a watch stream")),
+    );
   });
   return {
     done,
     close() {
       closing = true;
-      agent.destroy();
+      socket.destroy();
     },
   };
 }
