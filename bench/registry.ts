@@ -3,9 +3,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { AgentCluster, eventually } from "../test/integration/agents.js";
+import { keepAliveHeartbeats } from "./keepalive-load.js";
 import { percentile } from "./stats.js";
 import { type Watcher, watchBlocking, watchStream } from "./watchers.js";
 import { perSecond, wrk } from "./wrk.js";
@@ -33,7 +32,6 @@ const watchedChanges = 20;
 const warmupChanges = 3;
 const registerScript = fileURLToPath(new URL("./registry-register.lua", import.meta.url));
 const heartbeatScript = fileURLToPath(new URL("./registry-heartbeat.lua", import.meta.url));
-const protoFile = fileURLToPath(new URL("../proto/muster/v1/muster.proto", import.meta.url));
 /** KeepAlive streams (one connection each) and the heartbeats each keeps in flight. */
 const keepAliveLevels = [
   { streams: 1, inFlight: 16 },
@@ -120,7 +118,13 @@ async function heartbeats(cluster: AgentCluster, rates: Rates): Promise<void> {
     `Heartbeats over gRPC KeepAlive streams (one connection each) over the same instances on ${leader}`,
   );
   for (const level of keepAliveLevels) {
-    const figures = await keepAliveHeartbeats(cluster.get(leader).grpc, level);
+    const figures = await keepAliveHeartbeats({
+      address: cluster.get(leader).grpc,
+      service: "hb",
+      instances: heartbeatInstances,
+      durationSeconds,
+      ...level,
+    });
     rates.set(`keepalive/${level.streams * level.inFlight}`, figures.perSecond);
     console.log(
       `  ${String(level.streams).padStart(3)} streams x ${level.inFlight} in flight: ${perSecond(figures.perSecond)}/s, p50 ${figures.p50.toFixed(2)} ms, p99 ${figures.p99.toFixed(2)} ms`,
@@ -131,69 +135,6 @@ async function heartbeats(cluster: AgentCluster, rates: Rates): Promise<void> {
     const answer = await cluster.request(leader, "DELETE", `/v1/services/hb/instances/hb-${n}`);
     if (answer.status !== 200) throw new Error(`deregistration failed: ${JSON.stringify(answer)}`);
   }
-}
-
-/**
- * Heartbeats pipelined on KeepAlive streams for durationSeconds, each stream keeping
- * `inFlight` unanswered; answers come in order, so each one's latency is known. Like wrk,
- * the load tool spends as little of the shared cores as it can: requests are encoded once
- * up front, and each answer is checked by its first field (ok) without decoding the rest.
- * An answer that is not ok fails the run, as a non-2xx answer does for wrk.
- */
-async function keepAliveHeartbeats(
-  address: string,
-  level: { readonly streams: number; readonly inFlight: number },
-): Promise<{ perSecond: number; p50: number; p99: number }> {
-  const definition = protoLoader.loadSync(protoFile, { longs: Number, enums: String });
-  const method = (definition["muster.v1.Registry"] as grpc.ServiceDefinition).KeepAlive;
-  if (method === undefined) throw new Error("no Registry.KeepAlive in the proto file");
-  const requests = Array.from({ length: heartbeatInstances }, (_, n) =>
-    method.requestSerialize({ heartbeat: { service: "hb", id: `hb-${n}` } }),
-  );
-  // KeepAliveResponse field 1 (ok), varint true.
-  const isOk = (answer: Buffer) => answer[0] === 0x08 && answer[1] === 0x01;
-  const latencies: number[] = [];
-  const started = performance.now();
-  const until = started + durationSeconds * 1000;
-  await Promise.all(
-    Array.from({ length: level.streams }, (_, s) => {
-      const client = new grpc.Client(address, grpc.credentials.createInsecure(), {
-        "grpc.use_local_subchannel_pool": 1,
-      });
-      const stream = client.makeBidiStreamRequest(
-        method.path,
-        (request: Buffer) => request,
-        (answer: Buffer) => answer,
-      );
-      const sentAt: number[] = [];
-      let next = s * 61;
-      const send = () => {
-        sentAt.push(performance.now());
-        stream.write(requests[next++ % heartbeatInstances] as Buffer);
-      };
-      return new Promise<void>((resolve, reject) => {
-        stream.on("data", (answer: Buffer) => {
-          if (!isOk(answer)) {
-            reject(
-              new Error(`heartbeat answered ${JSON.stringify(method.responseDeserialize(answer))}`),
-            );
-            return;
-          }
-          latencies.push(performance.now() - (sentAt.shift() as number));
-          if (performance.now() < until) send();
-          else if (sentAt.length === 0) stream.end();
-        });
-        stream.on("end", resolve);
-        stream.on("error", reject);
-        for (let k = 0; k < level.inFlight; k++) send();
-      }).finally(() => client.close());
-    }),
-  );
-  return {
-    perSecond: latencies.length / ((performance.now() - started) / 1000),
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-  };
 }
 
 async function lookups(cluster: AgentCluster, rates: Rates): Promise<void> {
