@@ -130,9 +130,9 @@ export class LevelStorage implements RaftStorage {
       );
     }
     if (tail.length > 0)
-      await this.db.batch(
+      await this.write(
         tail.map((key) => ({ type: "del" as const, key })),
-        { sync: true },
+        true,
       );
     // A crash between a snapshot and clearing the entries it covers leaves them behind.
     if (covered) await this.clearEntries(1, base);
@@ -191,9 +191,22 @@ export class LevelStorage implements RaftStorage {
     this.hardState = batch.hardState ?? this.hardState;
     const meta = { hardState: this.hardState, lastIndex: this.lastIndex, lastTerm: this.lastTerm };
     operations.push({ type: "put", key: metaKey, value: seal(encodeLogMeta(meta)) });
-    await this.db.batch(operations, { sync: batch.mustSync });
+    await this.write(operations, batch.mustSync);
     if (covered !== null) await this.clearEntries(covered.from, covered.to);
     if (batch.snapshot !== null) await this.removeSnapshotsBefore(batch.snapshot.index);
+  }
+
+  /**
+   * One atomic write. A chained batch: level's array form checks and copies every operation
+   * on the main thread, several times the cost per batch (at 30 entries, about 5x).
+   */
+  private async write(operations: readonly Operation[], sync: boolean): Promise<void> {
+    const batch = this.db.batch();
+    for (const operation of operations) {
+      if (operation.type === "put") batch.put(operation.key, operation.value);
+      else batch.del(operation.key);
+    }
+    await batch.write({ sync });
   }
 
   /** Drop entries [from, to], which a synced snapshot record already covers. */
@@ -206,7 +219,7 @@ export class LevelStorage implements RaftStorage {
     assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
     const operations: Operation[] = [];
     await this.writeSnapshotFile(snapshot, operations);
-    await this.db.batch(operations, { sync: true });
+    await this.write(operations, true);
     const from = this.snapshotIndex + 1;
     this.snapshotIndex = snapshot.index;
     await this.clearEntries(from, snapshot.index);
