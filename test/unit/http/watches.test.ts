@@ -2,7 +2,7 @@ import { request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import Fastify from "fastify";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { boundedWait } from "../../../server/http/streams.js";
 import { Watches } from "../../../server/watches.js";
 
@@ -61,8 +61,11 @@ describe("Watches", () => {
 });
 
 describe("boundedWait", () => {
+  const originalSetTimeout = globalThis.setTimeout;
+  const originalClearTimeout = globalThis.clearTimeout;
   const apps: ReturnType<typeof Fastify>[] = [];
   afterEach(async () => {
+    vi.restoreAllMocks();
     for (const app of apps.splice(0)) await app.close();
   });
 
@@ -86,22 +89,39 @@ describe("boundedWait", () => {
     return { app, ended, port: (app.server.address() as AddressInfo).port };
   }
 
-  const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === "Timeout").length;
+  /** Timers set for `ms` and whether each was cleared: counting all of the process's timers is racy. */
+  function watchTimers(ms: number) {
+    const set: unknown[] = [];
+    const cleared = new Set<unknown>();
+    const setSpy = vi.spyOn(globalThis, "setTimeout");
+    const clearSpy = vi.spyOn(globalThis, "clearTimeout");
+    setSpy.mockImplementation(((fn: () => void, delay?: number, ...args: unknown[]) => {
+      const handle = originalSetTimeout(fn, delay, ...args);
+      if (delay === ms) set.push(handle);
+      return handle;
+    }) as typeof setTimeout);
+    clearSpy.mockImplementation(((handle?: Parameters<typeof clearTimeout>[0]) => {
+      cleared.add(handle);
+      originalClearTimeout(handle);
+    }) as typeof clearTimeout);
+    return { set, uncleared: () => set.filter((handle) => !cleared.has(handle)) };
+  }
 
   it("ends at its bound, and leaves no timer behind when answered before it", async () => {
     const watches = new Watches();
     const { app } = await waitingApp(watches);
     expect((await app.inject("/wait?ms=50")).json()).toEqual({ how: "aborted" });
 
-    const before = timers();
+    const timers = watchTimers(600_000);
     const answers = Array.from({ length: 20 }, () => app.inject("/wait?ms=600000"));
     for (let turn = 0; turn < 100 && watches.size < 20; turn++) await nextTurn();
     expect(watches.size).toBe(20);
-    expect(timers()).toBeGreaterThanOrEqual(before + 20);
+    expect(timers.set).toHaveLength(20);
+    expect(timers.uncleared()).toHaveLength(20);
     watches.changed("web");
     for (const answer of await Promise.all(answers))
       expect(answer.json()).toEqual({ how: "changed" });
-    expect(timers()).toBe(before);
+    expect(timers.uncleared()).toEqual([]);
   });
 
   it("aborts when the client goes away", async () => {
