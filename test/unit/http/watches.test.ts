@@ -96,7 +96,7 @@ describe("boundedWait", () => {
     const setSpy = vi.spyOn(globalThis, "setTimeout");
     const clearSpy = vi.spyOn(globalThis, "clearTimeout");
     setSpy.mockImplementation(((fn: () => void, delay?: number, ...args: unknown[]) => {
-      const handle = originalSetTimeout(fn, delay, ...args);
+      const handle: unknown = Reflect.apply(originalSetTimeout, globalThis, [fn, delay, ...args]);
       if (delay === ms) set.push(handle);
       return handle;
     }) as typeof setTimeout);
