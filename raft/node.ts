@@ -178,11 +178,23 @@ export class RaftNode<Result> {
     );
   }
 
-  changeMembership(change: ConfChange, timeoutMs: number): Promise<{ index: number }> {
-    return this.track(
-      this.guarded(() => this.core.proposeConfChange(change)),
-      timeoutMs,
-    );
+  /**
+   * Changes go one at a time: while another is pending, or a new leader has yet to commit an
+   * entry of its term, this one waits for its turn within `timeoutMs`.
+   */
+  async changeMembership(change: ConfChange, timeoutMs: number): Promise<{ index: number }> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const outcome = this.guarded(() => this.core.proposeConfChange(change));
+      const waitMs = this.options.tickIntervalMs;
+      if (
+        outcome?.ok !== false ||
+        outcome.reason !== "config-pending" ||
+        performance.now() + waitMs >= deadline
+      )
+        return this.track(outcome, deadline - performance.now());
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+    }
   }
 
   private track(

@@ -525,13 +525,13 @@ export class Agent {
 
   private async promoteCaughtUpLearner(): Promise<void> {
     const status = this.node.status();
-    const learner = this.node
-      .replicationStatus()
-      .find(
-        (peer) =>
-          status.config.learners.includes(peer.id) &&
-          peer.match + promotionLagEntries >= status.commit,
-      );
+    const learner = this.node.replicationStatus().find(
+      (peer) =>
+        status.config.learners.includes(peer.id) &&
+        // Replicating: it has answered, so a learner that never ran is not counted caught up.
+        peer.state === "replicate" &&
+        peer.match + promotionLagEntries >= status.commit,
+    );
     if (learner === undefined) return;
     this.logger.info({ learner: learner.id }, "promoting learner to voter");
     await this.node.changeMembership({ kind: "promote", node: learner.id }, proposeTimeoutMs);
@@ -789,17 +789,30 @@ export class Agent {
   }
 
   async addMember(member: MemberAddresses): Promise<unknown> {
-    const config = this.node.status().config;
-    const known = config.voters.includes(member.id) || config.learners.includes(member.id);
-    if (!known)
-      await this.node.changeMembership({ kind: "add-learner", node: member.id }, proposeTimeoutMs);
+    const known = () => {
+      const { voters, learners } = this.node.status().config;
+      return voters.includes(member.id) || learners.includes(member.id);
+    };
+    if (!known()) {
+      await this.node
+        .changeMembership({ kind: "add-learner", node: member.id }, proposeTimeoutMs)
+        .catch((error: unknown) => {
+          // The change it waited behind may have been this one, asked for by an earlier try.
+          if (!(error instanceof RaftError && error.code === "invalid-change" && known()))
+            throw error;
+        });
+    }
     await this.propose({ op: "member", member });
     this.setPeer(member.id, member.raft);
+    const members = new Map(this.fsm.members().map(({ id, raft }) => [id, raft]));
+    // The joiner takes messages only from members it was told of, and this leader's own record
+    // may not have committed yet (its followers went down right after the cluster formed).
+    members.set(this.config.nodeId, this.config.raft);
     return {
       clusterId: this.clusterId,
       member,
-      learner: !config.voters.includes(member.id),
-      members: this.fsm.members().map(({ id, raft }) => ({ id, raft })),
+      learner: !this.node.status().config.voters.includes(member.id),
+      members: [...members].map(([id, raft]) => ({ id, raft })),
     };
   }
 

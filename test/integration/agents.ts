@@ -81,6 +81,7 @@ export async function eventually<T>(
     try {
       const value = await probe();
       if (value !== undefined) return value;
+      lastError = null;
     } catch (error) {
       lastError = error;
     }
@@ -210,8 +211,10 @@ export class AgentCluster {
       ],
       { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...this.env } },
     );
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
+    // A process that dies without a word still says so in its log.
+    child.once("close", (code, signal) => log.end(`${JSON.stringify({ exited: code, signal })}\n`));
     agent.process = child;
   }
 
@@ -245,12 +248,16 @@ export class AgentCluster {
     const headers: Record<string, string> = {};
     if (token !== null) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(`${scheme}://${this.get(id).http}${path}`, {
+    const address = this.get(id).http;
+    const response = await fetch(`${scheme}://${address}${path}`, {
       method,
       headers,
       dispatcher: this.dispatcher,
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(8000),
+    }).catch((error: unknown) => {
+      const cause = error instanceof Error && error.cause instanceof Error ? error.cause : error;
+      throw new Error(`${method} ${path} on ${id} (${address}): ${String(cause)}`);
     });
     return { status: response.status, body: (await response.json()) as Record<string, unknown> };
   }
@@ -264,15 +271,22 @@ export class AgentCluster {
     return eventually(
       "every running agent to agree on a leader",
       async () => {
+        const running = this.running();
         const answers = await Promise.all(
-          this.running().map((agent) => this.request(agent.id, "GET", "/v1/cluster/leader")),
+          running.map((agent) => this.request(agent.id, "GET", "/v1/cluster/leader")),
         );
         const ids = answers.map((answer) => (answer.body.leader as { id: string } | null)?.id);
         const first = ids[0];
-        const running = this.running().some((agent) => agent.id === first);
-        return first !== undefined && running && ids.every((id) => id === first)
-          ? first
-          : undefined;
+        if (
+          first !== undefined &&
+          running.some((agent) => agent.id === first) &&
+          ids.every((id) => id === first)
+        )
+          return first;
+        // Thrown, so that a timeout says what each agent last answered.
+        throw new Error(
+          `leaders named: ${running.map((agent, i) => `${agent.id}: ${ids[i] ?? "none"}`).join(", ")}`,
+        );
       },
       timeoutMs,
     );

@@ -35,7 +35,7 @@ async function statusOf(request: Promise<{ status: number }>): Promise<number | 
   try {
     return (await request).status;
   } catch (error) {
-    return `network error: ${String((error as Error).cause ?? error)}`;
+    return `network error: ${String(error)}`;
   }
 }
 

@@ -80,6 +80,23 @@ describe("RaftNode runtime over an in-memory network", () => {
     expect(cluster.network.sent("read-index") - before).toBe(3);
   });
 
+  it("membership changes asked together take turns instead of refusing all but one", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const changes = await Promise.allSettled(
+      ["n4", "n5", "n6"].map((node) =>
+        leader.node.changeMembership({ kind: "add-learner", node }, 2000),
+      ),
+    );
+    expect(changes.map((change) => change.status)).toEqual(["fulfilled", "fulfilled", "fulfilled"]);
+    expect([...leader.node.status().config.learners].sort()).toEqual(["n4", "n5", "n6"]);
+    // A change that cannot be made is still refused, not waited on.
+    const again = await leader.node
+      .changeMembership({ kind: "add-learner", node: "n4" }, 2000)
+      .catch((error: unknown) => error);
+    expect(again).toMatchObject({ code: "invalid-change" });
+  });
+
   it("elects a new leader when the old one is cut off, and keeps every acknowledged entry", async () => {
     cluster = await startMemoryCluster();
     const members = cluster.members;
