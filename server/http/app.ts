@@ -58,12 +58,14 @@ export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): Fa
       },
     },
   });
-  app.addHook("onSend", async (_request, reply) => {
+  // Callback hooks, not async ones: every response passes through these.
+  app.addHook("onSend", (_request, reply, payload, done) => {
     if (!reply.hasHeader("X-Muster-Index"))
       reply.header("X-Muster-Index", String(agent.appliedIndex()));
     reply.headers(agent.stalenessHeaders());
+    done(null, payload);
   });
-  app.addHook("onResponse", async (request, reply) => {
+  app.addHook("onResponse", (request, reply, done) => {
     agent.metrics.requests.observe(
       {
         route: request.routeOptions.url ?? "unmatched",
@@ -72,6 +74,7 @@ export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): Fa
       },
       reply.elapsedTime / 1000,
     );
+    done();
   });
   app.setErrorHandler(
     (

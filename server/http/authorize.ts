@@ -49,7 +49,8 @@ export function authorizeRequests(app: FastifyInstance, authorization: Authoriza
   });
   app.decorateRequest("caller", null as unknown as Caller);
   app.decorateRequest("reauthorize", null as unknown as () => void);
-  app.addHook("onRequest", async (request) => {
+  // A callback hook, not an async one: every request passes through it.
+  app.addHook("onRequest", (request, _reply, done) => {
     const access = routeAccess[routeKey(request.method, request.routeOptions.url)];
     // ACLs off is checked first: it spares every request (heartbeats above all) the work below.
     if (
@@ -60,6 +61,7 @@ export function authorizeRequests(app: FastifyInstance, authorization: Authoriza
     ) {
       request.caller = unrestricted;
       request.reauthorize = () => {};
+      done();
       return;
     }
     const authorize = () => {
@@ -78,8 +80,14 @@ export function authorizeRequests(app: FastifyInstance, authorization: Authoriza
       if (!caller.authorizer.allows(permission))
         throw deny(request, authorization, caller, permission);
     };
-    authorize();
+    try {
+      authorize();
+    } catch (error) {
+      done(error as Error);
+      return;
+    }
     request.reauthorize = authorize;
+    done();
   });
 }
 
