@@ -184,9 +184,9 @@ export class RaftNode<Result> {
    */
   async changeMembership(change: ConfChange, timeoutMs: number): Promise<{ index: number }> {
     const deadline = performance.now() + timeoutMs;
+    const waitMs = this.options.tickIntervalMs;
     for (;;) {
       const outcome = this.guarded(() => this.core.proposeConfChange(change));
-      const waitMs = this.options.tickIntervalMs;
       if (
         outcome?.ok !== false ||
         outcome.reason !== "config-pending" ||

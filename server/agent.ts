@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { RegistryDnsView } from "../dns/registry-view.js";
 import { DnsServer } from "../dns/server.js";
+import { isMember, isVoter } from "../raft/core/config.js";
 import { bootstrapState, joiningState } from "../raft/core/raft.js";
 import { RaftError, RaftNode } from "../raft/node.js";
 import { LevelStorage } from "../raft/storage/level-storage.js";
@@ -289,9 +290,7 @@ export class Agent {
           }),
       isMember: (node) => {
         // Frames can arrive before the Raft node has started.
-        if (this.node === undefined) return false;
-        const { voters, learners } = this.node.status().config;
-        return voters.includes(node) || learners.includes(node);
+        return this.node !== undefined && isMember(this.node.status().config, node);
       },
     });
     const electionTicks = Math.max(
@@ -789,10 +788,7 @@ export class Agent {
   }
 
   async addMember(member: MemberAddresses): Promise<unknown> {
-    const known = () => {
-      const { voters, learners } = this.node.status().config;
-      return voters.includes(member.id) || learners.includes(member.id);
-    };
+    const known = () => isMember(this.node.status().config, member.id);
     if (!known()) {
       await this.node
         .changeMembership({ kind: "add-learner", node: member.id }, proposeTimeoutMs)
@@ -811,7 +807,7 @@ export class Agent {
     return {
       clusterId: this.clusterId,
       member,
-      learner: !this.node.status().config.voters.includes(member.id),
+      learner: !isVoter(this.node.status().config, member.id),
       members: [...members].map(([id, raft]) => ({ id, raft })),
     };
   }
