@@ -317,19 +317,26 @@ export class RaftNode<Result> {
     }
   }
 
-  /** Run the ready loop unless it is already running: one batch at a time, in order. */
+  /**
+   * Run the ready loop unless it is already running: one batch at a time, in order. It starts
+   * once this turn's I/O callbacks are done, so that the proposals and messages that arrived
+   * together go in one batch (one synced write, one message per peer) instead of the first
+   * going alone.
+   */
   private kick(): void {
     if (this.loop !== null || this.stopped) return;
-    this.loop = this.runLoop().then(
-      () => {
-        this.loop = null;
-        if (this.core.hasReady()) this.kick();
-      },
-      (error: unknown) => {
-        this.loop = null;
-        this.fail(error instanceof Error ? error : new Error(String(error)));
-      },
-    );
+    this.loop = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.runLoop())
+      .then(
+        () => {
+          this.loop = null;
+          if (this.core.hasReady()) this.kick();
+        },
+        (error: unknown) => {
+          this.loop = null;
+          this.fail(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
   }
 
   private async runLoop(): Promise<void> {
