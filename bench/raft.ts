@@ -1,5 +1,6 @@
 import { fileURLToPath } from "node:url";
 import { AgentCluster, eventually } from "../test/integration/agents.js";
+import { type CpuTime, cpuTime, perOperation } from "./cpu.js";
 import { median } from "./stats.js";
 import { perSecond, wrk } from "./wrk.js";
 
@@ -7,7 +8,8 @@ import { perSecond, wrk } from "./wrk.js";
  * Three real agents (LevelDB with fsync, gRPC between peers, default timings) on 127.0.0.1.
  * Each proposal is an HTTP registration of about 100 bytes sent to the leader by wrk, the
  * tool etcd's baseline uses; it counts when the leader answers 200, that is once the entry
- * is committed on a quorum and applied.
+ * is committed on a quorum and applied. Then the same load on a one-agent cluster: the
+ * ceiling for three, whose leader does all that one agent does and replicates besides.
  */
 
 const ids = ["n1", "n2", "n3"];
@@ -37,25 +39,38 @@ async function failoverGapMs(cluster: AgentCluster): Promise<number> {
   return gap;
 }
 
+/** wrk at each level against the leader, with the CPU each agent spent per commit. */
+async function proposerLevels(cluster: AgentCluster, levels: readonly number[]): Promise<void> {
+  const leader = await cluster.leader();
+  const followers = cluster.running().filter((agent) => agent.id !== leader);
+  const pids = [cluster.get(leader), ...followers].map((agent) => agent.process?.pid ?? 0);
+  for (const proposers of levels) {
+    const before: CpuTime[] = pids.map(cpuTime);
+    const result = wrk({
+      url: `http://${cluster.get(leader).http}`,
+      connections: proposers,
+      durationSeconds,
+      script: putScript,
+    });
+    const commits = result.perSecond * durationSeconds;
+    const cpu = pids.map(
+      (pid, k) =>
+        `${k === 0 ? "leader" : "follower"} ${perOperation(before[k] as CpuTime, cpuTime(pid), commits)}`,
+    );
+    console.log(
+      `  ${String(proposers).padStart(3)} proposers: ${perSecond(result.perSecond)} commits/s, p50 ${result.p50}, p99 ${result.p99}; CPU per commit: ${cpu.join(", ")}`,
+    );
+  }
+}
+
 export async function runRaftBench(): Promise<void> {
   const cluster = await AgentCluster.create({ defaultTimings: true });
   try {
     await cluster.bootstrap(ids);
-    const leader = await cluster.leader();
     console.log(
       `Three agents, fsync on, wrk PUT registrations of ~100 bytes to the leader, ${durationSeconds} s per level`,
     );
-    for (const proposers of [1, 16, 256]) {
-      const result = wrk({
-        url: `http://${cluster.get(leader).http}`,
-        connections: proposers,
-        durationSeconds,
-        script: putScript,
-      });
-      console.log(
-        `  ${String(proposers).padStart(3)} proposers: ${perSecond(result.perSecond)} commits/s, p50 ${result.p50}, p99 ${result.p99}`,
-      );
-    }
+    await proposerLevels(cluster, [1, 16, 256]);
     const gaps: number[] = [];
     for (let trial = 0; trial < 5; trial++) gaps.push(await failoverGapMs(cluster));
     const trials = gaps.map((gap) => Math.round(gap)).join(", ");
@@ -64,5 +79,13 @@ export async function runRaftBench(): Promise<void> {
     );
   } finally {
     await cluster.destroy();
+  }
+  const single = await AgentCluster.create({ defaultTimings: true });
+  try {
+    await single.bootstrap(["n1"]);
+    console.log("One agent (no replication: the ceiling for three), the same load");
+    await proposerLevels(single, [16, 256]);
+  } finally {
+    await single.destroy();
   }
 }
