@@ -97,6 +97,8 @@ export class RaftNode<Result> {
   private persistedIndex: number;
   private snapshotIndex = 0;
   private loop: Promise<void> | null = null;
+  /** A proposal asked for the loop to start after this turn's I/O. */
+  private kickAfterIo = false;
   private stopped = false;
   /** performance.now() of the last message from the leader we follow. */
   private leaderContactAt: number | null = null;
@@ -173,7 +175,7 @@ export class RaftNode<Result> {
     timeoutMs: number,
   ): Promise<{ index: number; result: Result | undefined }> {
     return this.track(
-      this.guarded(() => this.core.propose(data)),
+      this.guarded(() => this.core.propose(data), "after-io"),
       timeoutMs,
     );
   }
@@ -186,7 +188,7 @@ export class RaftNode<Result> {
     const deadline = performance.now() + timeoutMs;
     const waitMs = this.options.tickIntervalMs;
     for (;;) {
-      const outcome = this.guarded(() => this.core.proposeConfChange(change));
+      const outcome = this.guarded(() => this.core.proposeConfChange(change), "after-io");
       if (
         outcome?.ok !== false ||
         outcome.reason !== "config-pending" ||
@@ -208,7 +210,6 @@ export class RaftNode<Result> {
         new RaftError(outcome.reason, `proposal refused: ${outcome.reason}`, outcome.leader),
       );
     }
-    this.kick();
     return new Promise((resolve, reject) => {
       // A new leader reused the index of an entry of ours that it overwrote.
       this.proposals.get(outcome.index)?.reject(overwritten());
@@ -304,12 +305,25 @@ export class RaftNode<Result> {
     this.guarded(() => this.core.step(message));
   }
 
-  /** Runs an input of the core; a broken invariant stops the node instead of escaping. */
-  private guarded<T>(input: () => T): T | undefined {
+  /**
+   * Runs an input of the core; a broken invariant stops the node instead of escaping. The
+   * loop then starts at once, or (for proposals) once this turn's I/O callbacks are done, so
+   * that the proposals that arrived together share one batch (one synced write, one message
+   * per peer) instead of the first going alone. Peer messages start it at once: a commit
+   * reaches the state machine, and its watchers, without waiting behind other I/O.
+   */
+  private guarded<T>(input: () => T, start: "now" | "after-io" = "now"): T | undefined {
     if (this.stopped) return undefined;
     try {
       const output = input();
-      this.kick();
+      if (start === "now") this.kick();
+      else if (!this.kickAfterIo) {
+        this.kickAfterIo = true;
+        setImmediate(() => {
+          this.kickAfterIo = false;
+          this.kick();
+        });
+      }
       return output;
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
@@ -317,26 +331,19 @@ export class RaftNode<Result> {
     }
   }
 
-  /**
-   * Run the ready loop unless it is already running: one batch at a time, in order. It starts
-   * once this turn's I/O callbacks are done, so that the proposals and messages that arrived
-   * together go in one batch (one synced write, one message per peer) instead of the first
-   * going alone.
-   */
+  /** Run the ready loop unless it is already running: one batch at a time, in order. */
   private kick(): void {
     if (this.loop !== null || this.stopped) return;
-    this.loop = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.runLoop())
-      .then(
-        () => {
-          this.loop = null;
-          if (this.core.hasReady()) this.kick();
-        },
-        (error: unknown) => {
-          this.loop = null;
-          this.fail(error instanceof Error ? error : new Error(String(error)));
-        },
-      );
+    this.loop = this.runLoop().then(
+      () => {
+        this.loop = null;
+        if (this.core.hasReady()) this.kick();
+      },
+      (error: unknown) => {
+        this.loop = null;
+        this.fail(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
   }
 
   private async runLoop(): Promise<void> {
