@@ -8,11 +8,13 @@ export interface CpuTime {
 
 /** utime + stime of a /proc stat line, in ms (Linux counts in ticks of 10 ms). */
 function statMs(path: string): number {
-  const fields = readFileSync(path, "utf8").split(") ")[1]?.split(" ") ?? [];
+  const line = readFileSync(path, "utf8");
+  // The process name, in parentheses, may itself hold ") ".
+  const fields = line.slice(line.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
-/** Reads /proc, so Linux only, like the agents these benchmarks start. */
+/** Reads /proc: Linux only. */
 export function cpuTime(pid: number): CpuTime {
   return { total: statMs(`/proc/${pid}/stat`), main: statMs(`/proc/${pid}/task/${pid}/stat`) };
 }

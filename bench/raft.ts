@@ -43,7 +43,11 @@ async function failoverGapMs(cluster: AgentCluster): Promise<number> {
 async function proposerLevels(cluster: AgentCluster, levels: readonly number[]): Promise<void> {
   const leader = await cluster.leader();
   const followers = cluster.running().filter((agent) => agent.id !== leader);
-  const pids = [cluster.get(leader), ...followers].map((agent) => agent.process?.pid ?? 0);
+  const pids = [cluster.get(leader), ...followers].map((agent) => {
+    const pid = agent.process?.pid;
+    if (pid === undefined) throw new Error(`agent ${agent.id} is not running`);
+    return pid;
+  });
   for (const proposers of levels) {
     const before: CpuTime[] = pids.map(cpuTime);
     const result = wrk({
@@ -52,10 +56,9 @@ async function proposerLevels(cluster: AgentCluster, levels: readonly number[]):
       durationSeconds,
       script: putScript,
     });
-    const commits = result.perSecond * durationSeconds;
     const cpu = pids.map(
       (pid, k) =>
-        `${k === 0 ? "leader" : "follower"} ${perOperation(before[k] as CpuTime, cpuTime(pid), commits)}`,
+        `${k === 0 ? "leader" : "follower"} ${perOperation(before[k] as CpuTime, cpuTime(pid), result.requests)}`,
     );
     console.log(
       `  ${String(proposers).padStart(3)} proposers: ${perSecond(result.perSecond)} commits/s, p50 ${result.p50}, p99 ${result.p99}; CPU per commit: ${cpu.join(", ")}`,

@@ -12,6 +12,8 @@ export interface WrkRun {
 
 export interface WrkFigures {
   readonly perSecond: number;
+  /** Requests completed in the run. */
+  readonly requests: number;
   readonly p50: string;
   readonly p99: string;
 }
@@ -40,6 +42,7 @@ export function wrk(run: WrkRun): WrkFigures {
   if (requests === 0) throw new Error(`wrk completed no request:\n${result.stdout}`);
   return {
     perSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(result.stdout)?.[1]),
+    requests,
     p50: /\s50%\s+(\S+)/.exec(result.stdout)?.[1] ?? "?",
     p99: /\s99%\s+(\S+)/.exec(result.stdout)?.[1] ?? "?",
   };

@@ -98,7 +98,7 @@ export class RaftNode<Result> {
   private snapshotIndex = 0;
   private loop: Promise<void> | null = null;
   /** A proposal asked for the loop to start after this turn's I/O. */
-  private kickAfterIo = false;
+  private kickScheduled = false;
   private stopped = false;
   /** performance.now() of the last message from the leader we follow. */
   private leaderContactAt: number | null = null;
@@ -175,7 +175,7 @@ export class RaftNode<Result> {
     timeoutMs: number,
   ): Promise<{ index: number; result: Result | undefined }> {
     return this.track(
-      this.guarded(() => this.core.propose(data), "after-io"),
+      this.guarded(() => this.core.propose(data), "after-turn"),
       timeoutMs,
     );
   }
@@ -188,7 +188,7 @@ export class RaftNode<Result> {
     const deadline = performance.now() + timeoutMs;
     const waitMs = this.options.tickIntervalMs;
     for (;;) {
-      const outcome = this.guarded(() => this.core.proposeConfChange(change), "after-io");
+      const outcome = this.guarded(() => this.core.proposeConfChange(change), "after-turn");
       if (
         outcome?.ok !== false ||
         outcome.reason !== "config-pending" ||
@@ -307,28 +307,34 @@ export class RaftNode<Result> {
 
   /**
    * Runs an input of the core; a broken invariant stops the node instead of escaping. The
-   * loop then starts at once, or (for proposals) once this turn's I/O callbacks are done, so
-   * that the proposals that arrived together share one batch (one synced write, one message
-   * per peer) instead of the first going alone. Peer messages start it at once: a commit
-   * reaches the state machine, and its watchers, without waiting behind other I/O.
+   * loop then starts at once, or for proposals after this turn (see kickAfterThisTurn).
    */
-  private guarded<T>(input: () => T, start: "now" | "after-io" = "now"): T | undefined {
+  private guarded<T>(input: () => T, start: "now" | "after-turn" = "now"): T | undefined {
     if (this.stopped) return undefined;
     try {
       const output = input();
       if (start === "now") this.kick();
-      else if (!this.kickAfterIo) {
-        this.kickAfterIo = true;
-        setImmediate(() => {
-          this.kickAfterIo = false;
-          this.kick();
-        });
-      }
+      else this.kickAfterThisTurn();
       return output;
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
       return undefined;
     }
+  }
+
+  /**
+   * Proposals start the loop once this turn's I/O callbacks are done, so that those that
+   * arrived together share one batch (one synced write, one message per peer) instead of
+   * the first going alone. Peer messages start it at once: a commit reaches the state
+   * machine, and its watchers, without waiting behind other I/O.
+   */
+  private kickAfterThisTurn(): void {
+    if (this.kickScheduled) return;
+    this.kickScheduled = true;
+    setImmediate(() => {
+      this.kickScheduled = false;
+      this.kick();
+    });
   }
 
   /** Run the ready loop unless it is already running: one batch at a time, in order. */

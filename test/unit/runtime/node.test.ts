@@ -97,6 +97,21 @@ describe("RaftNode runtime over an in-memory network", () => {
     expect(again).toMatchObject({ code: "invalid-change" });
   });
 
+  it("proposals made in one turn go to disk in one write", async () => {
+    cluster = await startMemoryCluster();
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    const persist = leader.storage.persist.bind(leader.storage);
+    const written: number[] = [];
+    leader.storage.persist = async (batch) => {
+      const normal = batch.entries.filter((entry) => entry.type === "normal").length;
+      if (normal > 0) written.push(normal);
+      await persist(batch);
+    };
+    const texts = ["a", "b", "c", "d", "e"];
+    await Promise.all(texts.map((t) => leader.node.propose(new TextEncoder().encode(t), 2000)));
+    expect(written).toEqual([texts.length]);
+  });
+
   it("elects a new leader when the old one is cut off, and keeps every acknowledged entry", async () => {
     cluster = await startMemoryCluster();
     const members = cluster.members;
