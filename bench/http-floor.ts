@@ -1,7 +1,6 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { eventually } from "../test/integration/agents.js";
-import { type Watcher, type Watching, watchBlocking } from "./watchers.js";
+import { type WatcherGroup, watchAll, watchBlocking } from "./watchers.js";
 
 /**
  * The floor under the blocking-query watch latency: the same watchers and load tool against
@@ -65,30 +64,15 @@ export async function httpFloorLatencies(options: {
   body: string;
 }): Promise<number[]> {
   const children: ChildProcess[] = [];
-  const watching: Watching[] = [];
+  let group: WatcherGroup | null = null;
   try {
     const addresses: string[] = [];
     for (let n = 0; n < options.servers; n++)
       addresses.push(await startServer(options.body, children));
-    const watchers: Watcher[] = Array.from({ length: options.watcherCount }, () => ({
-      seen: 1,
-      seenAt: 0,
-    }));
-    const failures: unknown[] = [];
-    watchers.forEach((watcher, n) => {
-      const one = watchBlocking(watcher, addresses[n % addresses.length] as string, "/watched");
-      one.done.catch((error: unknown) => failures.push(error));
-      watching.push(one);
-    });
-    const until = (what: string, done: () => boolean | Promise<boolean>) =>
-      eventually(
-        what,
-        async () => {
-          if (failures.length > 0) throw new Error(`a watcher failed: ${String(failures[0])}`);
-          return (await done()) ? true : undefined;
-        },
-        30_000,
-      );
+    group = watchAll(options.watcherCount, 1, (watcher, n) =>
+      watchBlocking(watcher, addresses[n % addresses.length] as string, "/watched"),
+    );
+    const { watchers, until } = group;
     const latencies: number[] = [];
     for (let change = 0; change < options.warmup + options.changes; change++) {
       await until("every watcher to be parked", async () => {
@@ -106,7 +90,7 @@ export async function httpFloorLatencies(options: {
     }
     return latencies;
   } finally {
-    for (const one of watching) one.close();
+    group?.close();
     for (const child of children) child.kill();
   }
 }

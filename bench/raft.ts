@@ -8,8 +8,9 @@ import { perSecond, wrk } from "./wrk.js";
  * Three real agents (LevelDB with fsync, gRPC between peers, default timings) on 127.0.0.1.
  * Each proposal is an HTTP registration of about 100 bytes sent to the leader by wrk, the
  * tool etcd's baseline uses; it counts when the leader answers 200, that is once the entry
- * is committed on a quorum and applied. Then the same load on a one-agent cluster: the
- * ceiling for three, whose leader does all that one agent does and replicates besides.
+ * is committed on a quorum and applied. Then the same load on a one-agent cluster: an
+ * estimate of the ceiling for three, whose leader does all that one agent does and
+ * replicates besides (three batch differently, so it is no proof).
  */
 
 const ids = ["n1", "n2", "n3"];
@@ -86,7 +87,7 @@ export async function runRaftBench(): Promise<void> {
   const single = await AgentCluster.create({ defaultTimings: true });
   try {
     await single.bootstrap(["n1"]);
-    console.log("One agent (no replication: the ceiling for three), the same load");
+    console.log("One agent (no replication: an estimate of the ceiling for three), the same load");
     await proposerLevels(single, [16, 256]);
   } finally {
     await single.destroy();

@@ -3,11 +3,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { AgentCluster, eventually } from "../test/integration/agents.js";
+import { AgentCluster } from "../test/integration/agents.js";
 import { httpFloorLatencies } from "./http-floor.js";
 import { keepAliveHeartbeats } from "./keepalive-load.js";
 import { median, percentile } from "./stats.js";
-import { type Watcher, watchBlocking, watchStream } from "./watchers.js";
+import { watchAll, watchBlocking, watchStream } from "./watchers.js";
 import { perSecond, wrk } from "./wrk.js";
 
 /**
@@ -198,29 +198,13 @@ async function watchLatencies(
   kind: "blocking" | "stream",
 ): Promise<WatchTimes> {
   const start = await cluster.request(leader, "GET", "/v1/services/watched");
-  const watchers: Watcher[] = Array.from({ length: watcherCount }, () => ({
-    seen: start.body.index as number,
-    seenAt: 0,
-  }));
-  const failures: unknown[] = [];
-  const watching = watchers.map((watcher, n) => {
+  const group = watchAll(watcherCount, start.body.index as number, (watcher, n) => {
     const address = cluster.get(ids[n % ids.length] as string).http;
-    const one =
-      kind === "blocking"
-        ? watchBlocking(watcher, address, "/v1/services/watched")
-        : watchStream(watcher, address, "/v1/watch/services/watched");
-    one.done.catch((error: unknown) => failures.push(error));
-    return one;
+    return kind === "blocking"
+      ? watchBlocking(watcher, address, "/v1/services/watched")
+      : watchStream(watcher, address, "/v1/watch/services/watched");
   });
-  const until = (what: string, done: () => boolean | Promise<boolean>) =>
-    eventually(
-      what,
-      async () => {
-        if (failures.length > 0) throw new Error(`a watcher failed: ${String(failures[0])}`);
-        return (await done()) ? true : undefined;
-      },
-      30_000,
-    );
+  const { watchers, until } = group;
   try {
     const times: WatchTimes = { fromAnswer: [], fromSend: [], put: [] };
     for (let change = 0; change < warmupChanges + watchedChanges; change++) {
@@ -252,7 +236,7 @@ async function watchLatencies(
     }
     return times;
   } finally {
-    for (const one of watching) one.close();
+    group.close();
   }
 }
 

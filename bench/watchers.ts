@@ -1,4 +1,5 @@
 import { connect, type Socket } from "node:net";
+import { eventually } from "../test/integration/agents.js";
 
 /** What one watcher has seen: the highest index, and when (performance.now()). */
 export interface Watcher {
@@ -10,6 +11,43 @@ export interface Watcher {
 export interface Watching {
   readonly done: Promise<void>;
   close(): void;
+}
+
+/** Watchers opened together, each from `seen`: waits fail as soon as one of them has. */
+export interface WatcherGroup {
+  readonly watchers: readonly Watcher[];
+  /** Polls `done` until it holds (30 s at most). */
+  until(what: string, done: () => boolean | Promise<boolean>): Promise<true>;
+  close(): void;
+}
+
+export function watchAll(
+  count: number,
+  seen: number,
+  open: (watcher: Watcher, n: number) => Watching,
+): WatcherGroup {
+  const watchers: Watcher[] = Array.from({ length: count }, () => ({ seen, seenAt: 0 }));
+  const failures: unknown[] = [];
+  const watching = watchers.map((watcher, n) => {
+    const one = open(watcher, n);
+    one.done.catch((error: unknown) => failures.push(error));
+    return one;
+  });
+  return {
+    watchers,
+    until: (what, done) =>
+      eventually(
+        what,
+        async () => {
+          if (failures.length > 0) throw new Error(`a watcher failed: ${String(failures[0])}`);
+          return (await done()) ? true : undefined;
+        },
+        30_000,
+      ),
+    close() {
+      for (const one of watching) one.close();
+    },
+  };
 }
 
 function target(address: string): { host: string; port: number } {
