@@ -1,3 +1,4 @@
+import { DueQueue } from "./due-queue.js";
 import {
   type Instance,
   type InstanceRef,
@@ -39,6 +40,7 @@ export interface LessorOptions {
 
 interface Lease {
   readonly ref: InstanceRef;
+  ttlMs: number;
   /** Monotonic time at which the TTL runs out; never moved later by a change of leader. */
   expiresAt: number;
   /** A new leader waits at least until here before it expires anything. */
@@ -47,6 +49,10 @@ interface Lease {
   lastHeartbeatWall: number;
   /** When this leader proposed to expire it: a renewal after that revives the instance. */
   expireProposedAt: number | null;
+  /** Silent for half its TTL or more: counted for self-preservation. */
+  atRisk: boolean;
+  /** When its current entry in the due queue comes due (Infinity: it has none). */
+  checkAt: number;
 }
 
 export interface HeartbeatOutcome {
@@ -95,6 +101,15 @@ interface SessionLease {
  */
 export class Lessor {
   private leases = new Map<string, Lease>();
+  /** When each lease next needs a look (turns at risk, runs out): ticks cost what is due. */
+  private readonly due = new DueQueue();
+  private atRiskLeases = 0;
+  /** Leases run out: their expiry is proposed each tick until it commits or they renew. */
+  private readonly expiring = new Set<string>();
+  /** Instances whose expiry committed, on every node: counted at risk, evicted in time. */
+  private readonly expired = new Map<string, Instance>();
+  /** Expired instances renewed while their expiry was being committed. */
+  private readonly reviving = new Set<string>();
   private leading = false;
   /** Counts changes of leadership: batches of an earlier leadership no longer hold back new ones. */
   private generation = 0;
@@ -121,7 +136,82 @@ export class Lessor {
       const aged = remainingMs - Math.max(0, lateMs - clockSkewAllowanceMs);
       this.observed.set(key, this.options.now() + aged);
     });
-    fsm.onRestore(() => this.observed.clear());
+    fsm.onInstance((ref, instance) => this.instanceChanged(ref, instance));
+    fsm.onRestore(() => {
+      this.observed.clear();
+      this.noteExpired();
+      if (this.leading) this.resumeAll();
+    });
+    this.noteExpired();
+  }
+
+  private noteExpired(): void {
+    this.expired.clear();
+    for (const instance of this.fsm.allInstances())
+      if (instance.expiredAt !== null) this.expired.set(keyOf(instance), instance);
+  }
+
+  /** Follows each committed change to an instance, so that no tick scans the registry. */
+  private instanceChanged(ref: InstanceRef, instance: Instance | undefined): void {
+    const key = keyOf(ref);
+    if (instance === undefined || instance.expiredAt === null) {
+      this.expired.delete(key);
+      this.reviving.delete(key);
+    } else {
+      this.expired.set(key, instance);
+    }
+    if (!this.leading) return;
+    const lease = this.leases.get(key);
+    if (instance === undefined) {
+      if (lease !== undefined) this.dropLease(key, lease);
+    } else if (instance.expiredAt === null) {
+      if (lease === undefined) this.addLease(key, this.resumed(instance, this.options.now()));
+    } else if (lease !== undefined) {
+      const proposedAt = lease.expireProposedAt;
+      if (proposedAt !== null && lease.renewedAt > proposedAt) {
+        // A heartbeat arrived while the expiry was being committed.
+        lease.expireProposedAt = null;
+        this.reviving.add(key);
+      } else {
+        this.dropLease(key, lease);
+      }
+    }
+  }
+
+  private addLease(key: string, lease: Lease): void {
+    this.leases.set(key, lease);
+    this.check(key, lease, this.options.now());
+  }
+
+  private dropLease(key: string, lease: Lease): void {
+    this.leases.delete(key);
+    this.expiring.delete(key);
+    if (lease.atRisk) this.atRiskLeases--;
+  }
+
+  /** Marks what is due now and queues the lease for its next threshold. */
+  private check(key: string, lease: Lease, now: number): void {
+    const riskAt = lease.renewedAt + lease.ttlMs / 2;
+    const expireAt = Math.max(lease.expiresAt, lease.graceUntil);
+    if (!lease.atRisk && now >= riskAt && !this.expired.has(key)) {
+      lease.atRisk = true;
+      this.atRiskLeases++;
+    }
+    if (now >= expireAt) this.expiring.add(key);
+    else this.expiring.delete(key);
+    const next = Math.min(riskAt > now ? riskAt : Infinity, expireAt > now ? expireAt : Infinity);
+    if (next < lease.checkAt) {
+      lease.checkAt = next;
+      this.due.push(next, key);
+    }
+  }
+
+  private forgetLeases(): void {
+    this.leases.clear();
+    this.due.clear();
+    this.expiring.clear();
+    this.reviving.clear();
+    this.atRiskLeases = 0;
   }
 
   get isLeading(): boolean {
@@ -133,18 +223,22 @@ export class Lessor {
     const now = this.options.now();
     this.leading = true;
     this.newGeneration();
-    this.leases.clear();
     this.lastCheckpoint = now;
-    for (const instance of this.fsm.allInstances()) {
-      if (instance.expiredAt === null)
-        this.leases.set(keyOf(instance), this.resumed(instance, now));
-    }
+    this.resumeAll();
     this.sessionLeases.clear();
     for (const session of this.fsm.locks.allSessions()) {
       this.sessionLeases.set(session.id, {
         expiresAt: this.observed.get(sessionLeaseKey(session.id)) ?? now + session.ttlRemainingMs,
         graceUntil: now + this.graceFor(session.ttlMs),
       });
+    }
+  }
+
+  private resumeAll(): void {
+    const now = this.options.now();
+    this.forgetLeases();
+    for (const instance of this.fsm.allInstances()) {
+      if (instance.expiredAt === null) this.addLease(keyOf(instance), this.resumed(instance, now));
     }
   }
 
@@ -156,7 +250,7 @@ export class Lessor {
   stepDown(): void {
     this.leading = false;
     this.newGeneration();
-    this.leases.clear();
+    this.forgetLeases();
     this.sessionLeases.clear();
   }
 
@@ -172,11 +266,14 @@ export class Lessor {
   private resumed(instance: Instance, now: number): Lease {
     return {
       ref: refOf(instance),
+      ttlMs: instance.ttlMs,
       expiresAt: this.observed.get(keyOf(instance)) ?? now + this.restoredRemaining(instance),
       graceUntil: now + this.graceFor(instance.ttlMs),
       renewedAt: now,
       lastHeartbeatWall: instance.lastHeartbeatAt,
       expireProposedAt: null,
+      atRisk: false,
+      checkAt: Number.POSITIVE_INFINITY,
     };
   }
 
@@ -194,19 +291,29 @@ export class Lessor {
   registered(ref: InstanceRef): void {
     const instance = this.fsm.instance(ref);
     if (!this.leading || instance === undefined) return;
-    this.leases.set(keyOf(ref), this.fresh(instance));
+    this.renew(ref, instance);
   }
 
-  private fresh(instance: Instance): Lease {
+  /** The countdown starts over (in place: a pending expiry stays noted, to revive). */
+  private renew(ref: InstanceRef, instance: Instance): Lease {
+    const key = keyOf(ref);
     const now = this.options.now();
-    return {
-      ref: refOf(instance),
-      expiresAt: now + instance.ttlMs,
-      graceUntil: now,
-      renewedAt: now,
-      lastHeartbeatWall: this.options.wallClock(),
-      expireProposedAt: this.leases.get(keyOf(instance))?.expireProposedAt ?? null,
-    };
+    let lease = this.leases.get(key);
+    if (lease === undefined) {
+      lease = this.resumed(instance, now);
+      this.leases.set(key, lease);
+    }
+    lease.ttlMs = instance.ttlMs;
+    lease.expiresAt = now + instance.ttlMs;
+    lease.graceUntil = now;
+    lease.renewedAt = now;
+    lease.lastHeartbeatWall = this.options.wallClock();
+    if (lease.atRisk) {
+      lease.atRisk = false;
+      this.atRiskLeases--;
+    }
+    this.check(key, lease, now);
+    return lease;
   }
 
   /** Renew a lease; returns the command to commit when the registry must change too. */
@@ -217,10 +324,9 @@ export class Lessor {
   ): HeartbeatOutcome {
     const instance = this.fsm.instance(ref);
     if (instance === undefined) return { found: false };
-    const lease = this.fresh(instance);
+    const lease = this.renew(ref, instance);
     // This heartbeat commits the revival itself.
     if (instance.expiredAt !== null) lease.expireProposedAt = null;
-    this.leases.set(keyOf(ref), lease);
     if (changesNothing(instance, status)) return { found: true };
     const reported = status ?? instance.status;
     return {
@@ -244,7 +350,7 @@ export class Lessor {
   renewOnly(ref: InstanceRef, status: InstanceStatus | undefined): InstanceStatus | null {
     const instance = this.fsm.instance(ref);
     if (instance === undefined || !changesNothing(instance, status)) return null;
-    this.leases.set(keyOf(ref), this.fresh(instance));
+    this.renew(ref, instance);
     return instance.effectiveStatus;
   }
 
@@ -282,45 +388,43 @@ export class Lessor {
     }
     if (!this.leading) return;
     const wall = this.options.wallClock();
-    const instances = this.fsm.allInstances();
-    const expire: Instance[] = [];
-    const evict: InstanceRef[] = [];
-    const revive: RegistryCommand[] = [];
-    let atRisk = 0;
-    const seen = new Set<string>();
-    for (const instance of instances) {
-      const key = keyOf(instance);
-      seen.add(key);
-      let lease = this.leases.get(key);
-      if (instance.expiredAt !== null) {
-        const proposedAt = lease?.expireProposedAt ?? null;
-        if (lease !== undefined && proposedAt !== null && lease.renewedAt > proposedAt) {
-          // A heartbeat arrived while the expiry was being committed.
-          lease.expireProposedAt = null;
-          revive.push({
-            op: "set-status",
-            service: instance.service,
-            id: instance.id,
-            status: instance.status,
-            output: "",
-            now: wall,
-          });
-          continue;
-        }
-        if (lease !== undefined && lease.expireProposedAt !== null) this.leases.delete(key);
-        if (wall - instance.expiredAt < instance.ttlMs) atRisk++;
-        if (wall - instance.expiredAt >= this.options.deregisterAfterMs) evict.push(instance);
-        continue;
-      }
-      if (lease === undefined) {
-        lease = this.resumed(instance, now);
-        this.leases.set(key, lease);
-      }
-      if (now - lease.renewedAt > instance.ttlMs / 2) atRisk++;
-      if (now >= lease.expiresAt && now >= lease.graceUntil) expire.push(instance);
+    for (const { at, key } of this.due.popDue(now)) {
+      const lease = this.leases.get(key);
+      if (lease === undefined || lease.checkAt !== at) continue;
+      lease.checkAt = Number.POSITIVE_INFINITY;
+      this.check(key, lease, now);
     }
-    for (const key of this.leases.keys()) if (!seen.has(key)) this.leases.delete(key);
-    this.updateSelfPreservation(atRisk, instances.length);
+    let atRisk = this.atRiskLeases;
+    const evict: InstanceRef[] = [];
+    for (const [key, instance] of this.expired) {
+      if (this.reviving.has(key)) continue;
+      const since = wall - (instance.expiredAt as number);
+      if (since < instance.ttlMs) atRisk++;
+      if (since >= this.options.deregisterAfterMs) evict.push(instance);
+    }
+    const revive: RegistryCommand[] = [];
+    for (const key of this.reviving) {
+      const instance = this.expired.get(key);
+      if (instance === undefined) continue;
+      revive.push({
+        op: "set-status",
+        service: instance.service,
+        id: instance.id,
+        status: instance.status,
+        output: "",
+        now: wall,
+      });
+    }
+    const expire: Instance[] = [];
+    for (const key of this.expiring) {
+      const lease = this.leases.get(key) as Lease;
+      const instance = this.fsm.instance(lease.ref);
+      if (instance === undefined || instance.expiredAt !== null) continue;
+      // A stall's grace may have put it off.
+      if (now < Math.max(lease.expiresAt, lease.graceUntil)) this.check(key, lease, now);
+      else expire.push(instance);
+    }
+    this.updateSelfPreservation(atRisk, this.fsm.instanceTotal);
     if (revive.length > 0) this.submit("revive", revive);
     this.tickSessions(now, wall);
     if (now - this.lastCheckpoint >= this.options.checkpointIntervalMs) {

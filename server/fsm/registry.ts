@@ -273,6 +273,10 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private readonly leaseListeners = new Set<
     (key: string, remainingMs: number, at: number | null) => void
   >();
+  private readonly instanceListeners = new Set<
+    (ref: InstanceRef, instance: Instance | undefined) => void
+  >();
+  private instanceCount = 0;
   /** Sessions and locks; a lock's watchers are woken under the key "lock:<name>". */
   readonly locks = new LockTable((key) => this.notify(key, this.state.appliedIndex));
   readonly acl = new AclTable();
@@ -493,15 +497,20 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
 
   private put(instance: Instance): void {
     const instances = this.state.services.get(instance.service) ?? new Map<string, Instance>();
+    const size = instances.size;
     instances.set(instance.id, instance);
+    this.instanceCount += instances.size - size;
     this.state.services.set(instance.service, instances);
+    for (const listener of this.instanceListeners) listener(instance, instance);
   }
 
   private remove(ref: InstanceRef, index: number): boolean {
     const instances = this.state.services.get(ref.service);
     if (instances?.delete(ref.id) !== true) return false;
+    this.instanceCount--;
     if (instances.size === 0) this.state.services.delete(ref.service);
     this.touch(ref.service, index);
+    for (const listener of this.instanceListeners) listener(ref, undefined);
     return true;
   }
 
@@ -522,6 +531,8 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     const stored =
       data.length === 0 ? null : (JSON.parse(new TextDecoder().decode(data)) as StoredRegistry);
     this.state = stored === null ? emptyState() : fromStored(stored);
+    this.instanceCount = 0;
+    for (const instances of this.state.services.values()) this.instanceCount += instances.size;
     this.locks.restore(stored?.locks);
     this.acl.restore(stored?.acl);
     for (const listener of this.restoreListeners) listener();
@@ -585,6 +596,10 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     return [...this.state.services.values()].flatMap((instances) => [...instances.values()]);
   }
 
+  get instanceTotal(): number {
+    return this.instanceCount;
+  }
+
   get servicesIndex(): number {
     return this.state.servicesIndex;
   }
@@ -625,6 +640,15 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   onLease(listener: (key: string, remainingMs: number, at: number | null) => void): () => void {
     this.leaseListeners.add(listener);
     return () => this.leaseListeners.delete(listener);
+  }
+
+  /**
+   * Called after every instance an entry stores (`instance`) or removes (undefined), so that
+   * the lessor follows the registry without scanning it.
+   */
+  onInstance(listener: (ref: InstanceRef, instance: Instance | undefined) => void): () => void {
+    this.instanceListeners.add(listener);
+    return () => this.instanceListeners.delete(listener);
   }
 
   private leaseChanged(key: string, remainingMs: number, at: number | null): void {

@@ -1,3 +1,4 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { InstanceRef, RegistryCommand } from "../../../server/fsm/registry.js";
 import { Lessor, type LessorOptions } from "../../../server/lessor.js";
@@ -368,5 +369,57 @@ describe("TTL lessor", () => {
     await forcedOn.run(forcedOn.lessor, ttlMs + 500);
     expect(forcedOn.status(one)).toBe("passing");
     expect(forcedOn.lessor.selfPreservation()).toMatchObject({ mode: "on", engaged: true });
+  });
+
+  it("counts at risk what a look at every instance would, without looking at every instance", async () => {
+    const action = fc.oneof(
+      fc.record({
+        op: fc.constant("register" as const),
+        id: fc.nat(11),
+        ttl: fc.constantFrom(2000, 5000),
+      }),
+      fc.record({ op: fc.constant("heartbeat" as const), id: fc.nat(11) }),
+      fc.record({ op: fc.constant("deregister" as const), id: fc.nat(11) }),
+      fc.record({ op: fc.constant("wait" as const), ticks: fc.integer({ min: 1, max: 15 }) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(action, { maxLength: 80 }), async (actions) => {
+        const bench = new Bench({ selfPreservationThreshold: 2, deregisterAfterMs: 4000 });
+        const lessor = bench.lessor;
+        lessor.becomeLeader();
+        const listAll = bench.log.fsm.allInstances;
+        bench.log.fsm.allInstances = () => {
+          throw new Error("a tick listed the whole registry");
+        };
+        /** When the lessor last restarted each live instance's countdown. */
+        const renewedAt = new Map<string, number>();
+        const expected = () =>
+          listAll.call(bench.log.fsm).filter((instance) =>
+            instance.expiredAt === null
+              ? bench.now - (renewedAt.get(instance.id) as number) >= instance.ttlMs / 2
+              : 1_000_000 + bench.now - instance.expiredAt < instance.ttlMs,
+          ).length;
+        for (const step of actions) {
+          const ref = { service: "web", id: `i${"id" in step ? step.id : 0}` };
+          if (step.op === "register") {
+            bench.register(lessor, "web", ref.id, step.ttl);
+            renewedAt.set(ref.id, bench.now);
+          } else if (step.op === "heartbeat") {
+            if (bench.status(ref) === "gone") continue;
+            bench.heartbeat(lessor, ref);
+            renewedAt.set(ref.id, bench.now);
+          } else if (step.op === "deregister") {
+            bench.log.apply({ op: "deregister", ...ref });
+          } else {
+            for (let tick = 0; tick < step.ticks; tick++) {
+              await bench.run(lessor, tickMs);
+              expect(lessor.selfPreservation().atRisk).toBe(expected());
+              expect(lessor.selfPreservation().total).toBe(listAll.call(bench.log.fsm).length);
+            }
+          }
+        }
+      }),
+      { numRuns: 60 },
+    );
   });
 });
