@@ -29,6 +29,13 @@ const levels = [16, 256];
 /** Rounds of registrations, each followed by etcd's baseline. */
 const pairedRounds = 3;
 const registeredIdsPerThread = 3000;
+/**
+ * Registrations before the measured ones, on each fresh cluster: the agents' first seconds
+ * run unoptimized code (a fresh cluster's first 5 s ran at 0.4-0.7 of its third).
+ */
+const warmUpSeconds = 10;
+/** The registry size at which registrations are measured again. */
+const largeRegistry = 50_000;
 const heartbeatInstances = 1000;
 const watcherCount = 1000;
 const watchedChanges = 20;
@@ -78,14 +85,28 @@ function row(label: string, connections: number, figures: ReturnType<typeof wrk>
   return `  ${label} ${String(connections).padStart(3)} conns: ${perSecond(figures.perSecond)}/s, p50 ${figures.p50}, p99 ${figures.p99}`;
 }
 
+async function instanceCount(cluster: AgentCluster, node: string): Promise<number> {
+  const list = await cluster.request(node, "GET", "/v1/services");
+  const services = list.body.services as { instances: number }[];
+  return services.reduce((sum, service) => sum + service.instances, 0);
+}
+
 async function registrations(cluster: AgentCluster, rates: Rates): Promise<void> {
   const leader = await cluster.leader();
+  const url = `http://${cluster.get(leader).http}`;
+  const warm = wrk({
+    url,
+    connections: levels[0] as number,
+    durationSeconds: warmUpSeconds,
+    script: registerScript,
+    env: { PREFIX: "warm", KEYSPACE: "500" },
+  });
   console.log(
-    `Registrations (PUT, ~100-byte body, a new id each up to ${registeredIdsPerThread.toLocaleString("en-US")} per wrk thread) to the leader ${leader}`,
+    `Registrations (PUT, ~100-byte body, a new id each up to ${registeredIdsPerThread.toLocaleString("en-US")} per wrk thread) to the leader ${leader}, after ${warmUpSeconds} s of them at ${levels[0]} conns (${perSecond(warm.perSecond)}/s, not counted)`,
   );
   for (const connections of levels) {
     const figures = wrk({
-      url: `http://${cluster.get(leader).http}`,
+      url,
       connections,
       durationSeconds,
       script: registerScript,
@@ -94,10 +115,37 @@ async function registrations(cluster: AgentCluster, rates: Rates): Promise<void>
     rates.set(`register/${connections}`, figures.perSecond);
     console.log(row("", connections, figures));
   }
-  const list = await cluster.request(leader, "GET", "/v1/services");
-  const services = list.body.services as { instances: number }[];
-  const total = services.reduce((sum, service) => sum + service.instances, 0);
+  const total = await instanceCount(cluster, leader);
   console.log(`  registry now holds ${total.toLocaleString("en-US")} instances`);
+}
+
+/** Registrations again once the registry holds `largeRegistry` instances (TTL 24h each). */
+async function registrationsAtScale(cluster: AgentCluster): Promise<void> {
+  const leader = await cluster.leader();
+  const url = `http://${cluster.get(leader).http}`;
+  const [fillConnections, connections] = [levels[1] as number, levels[0] as number];
+  let total = 0;
+  for (let run = 0; run < 10 && total < largeRegistry; run++) {
+    wrk({
+      url,
+      connections: fillConnections,
+      durationSeconds,
+      script: registerScript,
+      env: { PREFIX: "fill", KEYSPACE: String(largeRegistry / 2) },
+    });
+    total = await instanceCount(cluster, leader);
+  }
+  const figures = wrk({
+    url,
+    connections,
+    durationSeconds,
+    script: registerScript,
+    env: { PREFIX: "large", KEYSPACE: String(registeredIdsPerThread) },
+  });
+  console.log(
+    `Registrations into a registry of ${total.toLocaleString("en-US")} instances, new ids, on ${leader}`,
+  );
+  console.log(row("", connections, figures));
 }
 
 async function heartbeats(cluster: AgentCluster, rates: Rates): Promise<void> {
@@ -417,6 +465,7 @@ export async function runRegistryBench(): Promise<void> {
     console.log(`  etcd puts right after: ${puts.join(", ")}`);
   }
   const rates = medianRates(musterRounds);
+  await withCluster(registrationsAtScale);
   await withCluster(async (cluster) => {
     await heartbeats(cluster, rates);
     await lookups(cluster, rates);
