@@ -131,7 +131,8 @@ async function registrationsAtScale(cluster: AgentCluster): Promise<void> {
       connections: fillConnections,
       durationSeconds,
       script: registerScript,
-      env: { PREFIX: "fill", KEYSPACE: String(largeRegistry / 2) },
+      // Each run of wrk counts from 0 again: a prefix of its own makes its ids new.
+      env: { PREFIX: `fill${run}`, KEYSPACE: String(largeRegistry) },
     });
     total = await instanceCount(cluster, leader);
   }
