@@ -53,6 +53,8 @@ interface Lease {
   atRisk: boolean;
   /** When its current entry in the due queue comes due (Infinity: it has none). */
   checkAt: number;
+  /** `renewedAt` as the last committed checkpoint carried it (null: none has). */
+  checkpointedAt: number | null;
 }
 
 export interface HeartbeatOutcome {
@@ -274,6 +276,7 @@ export class Lessor {
       expireProposedAt: null,
       atRisk: false,
       checkAt: Number.POSITIVE_INFINITY,
+      checkpointedAt: null,
     };
   }
 
@@ -496,7 +499,14 @@ export class Lessor {
   }
 
   private checkpoint(now: number): void {
-    const ttls = [...this.leases.values()].map((lease) => ({
+    if (this.inFlight.has("checkpoint")) return;
+    // A countdown not renewed since a checkpoint carried it would record the same moment of
+    // expiry again.
+    const carried = [...this.leases.values()].filter(
+      (lease) => lease.checkpointedAt !== lease.renewedAt,
+    );
+    const renewals = carried.map((lease) => lease.renewedAt);
+    const ttls = carried.map((lease) => ({
       service: lease.ref.service,
       id: lease.ref.id,
       remainingMs: Math.max(0, Math.round(lease.expiresAt - now)),
@@ -516,7 +526,12 @@ export class Lessor {
         now: this.options.wallClock(),
       });
     }
-    if (commands.length > 0) this.submit("checkpoint", commands);
+    if (commands.length === 0) return;
+    this.submit("checkpoint", commands, () =>
+      carried.forEach((lease, k) => {
+        lease.checkpointedAt = renewals[k] as number;
+      }),
+    );
   }
 
   private updateSelfPreservation(atRisk: number, total: number): void {
@@ -544,12 +559,14 @@ export class Lessor {
   private submit(
     kind: "expire" | "evict" | "checkpoint" | "revive" | "session" | "promote",
     commands: RegistryCommand[],
+    onCommitted?: () => void,
   ) {
     if (this.inFlight.has(kind)) return;
     this.inFlight.add(kind);
     const generation = this.generation;
     Promise.all(commands.map((command) => this.options.propose(command)))
       .then((results) => {
+        onCommitted?.();
         if (kind !== "evict") return;
         for (const result of results) {
           const changed = (result as { changed?: number }).changed ?? 0;

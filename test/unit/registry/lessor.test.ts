@@ -422,4 +422,30 @@ describe("TTL lessor", () => {
       { numRuns: 60 },
     );
   });
+
+  it("a checkpoint carries the countdowns renewed since a committed one last did, and a lost one is carried again", async () => {
+    const bench = new Bench();
+    let refuse = 0;
+    const checkpoints: string[][] = [];
+    const lessor = bench.newLessor({
+      propose: async (command) => {
+        if (command.op === "checkpoint") {
+          checkpoints.push(command.ttls.map((ttl) => ttl.id));
+          if (refuse-- > 0) throw new Error("leadership lost");
+        }
+        bench.proposed.push(command);
+        return bench.log.apply(command);
+      },
+    });
+    lessor.becomeLeader();
+    const live = bench.register(lessor, "web", "live");
+    bench.register(lessor, "web", "silent");
+    await bench.run(lessor, 3 * checkpointIntervalMs, [live]);
+    expect(checkpoints).toEqual([["live", "silent"], ["live"], ["live"]]);
+    // Not committed: what it carried is carried next time.
+    bench.register(lessor, "web", "late");
+    refuse = 1;
+    await bench.run(lessor, 2 * checkpointIntervalMs, [live]);
+    expect(checkpoints.slice(3)).toEqual([["live", "late"], ["live", "late"]]);
+  });
 });
