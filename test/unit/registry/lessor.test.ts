@@ -394,11 +394,13 @@ describe("TTL lessor", () => {
         /** When the lessor last restarted each live instance's countdown. */
         const renewedAt = new Map<string, number>();
         const expected = () =>
-          listAll.call(bench.log.fsm).filter((instance) =>
-            instance.expiredAt === null
-              ? bench.now - (renewedAt.get(instance.id) as number) >= instance.ttlMs / 2
-              : 1_000_000 + bench.now - instance.expiredAt < instance.ttlMs,
-          ).length;
+          listAll
+            .call(bench.log.fsm)
+            .filter((instance) =>
+              instance.expiredAt === null
+                ? bench.now - (renewedAt.get(instance.id) as number) >= instance.ttlMs / 2
+                : 1_000_000 + bench.now - instance.expiredAt < instance.ttlMs,
+            ).length;
         for (const step of actions) {
           const ref = { service: "web", id: `i${"id" in step ? step.id : 0}` };
           if (step.op === "register") {
@@ -446,6 +448,9 @@ describe("TTL lessor", () => {
     bench.register(lessor, "web", "late");
     refuse = 1;
     await bench.run(lessor, 2 * checkpointIntervalMs, [live]);
-    expect(checkpoints.slice(3)).toEqual([["live", "late"], ["live", "late"]]);
+    expect(checkpoints.slice(3)).toEqual([
+      ["live", "late"],
+      ["live", "late"],
+    ]);
   });
 });
