@@ -55,6 +55,8 @@ interface Lease {
   checkAt: number;
   /** `renewedAt` as the last committed checkpoint carried it (null: none has). */
   checkpointedAt: number | null;
+  /** The instance's version last seen: a new one restarted the countdown on every node. */
+  modifyIndex: number;
 }
 
 export interface HeartbeatOutcome {
@@ -112,6 +114,8 @@ export class Lessor {
   private readonly expired = new Map<string, Instance>();
   /** Expired instances renewed while their expiry was being committed. */
   private readonly reviving = new Set<string>();
+  /** Live instances committed without a lease: given one at the next tick. */
+  private readonly unleased = new Map<string, InstanceRef>();
   private leading = false;
   /** Counts changes of leadership: batches of an earlier leadership no longer hold back new ones. */
   private generation = 0;
@@ -167,7 +171,9 @@ export class Lessor {
     if (instance === undefined) {
       if (lease !== undefined) this.dropLease(key, lease);
     } else if (instance.expiredAt === null) {
-      if (lease === undefined) this.addLease(key, this.resumed(instance, this.options.now()));
+      // Resumed once the entry's own countdown is noted (it is, after the instance).
+      if (lease === undefined) this.unleased.set(key, refOf(instance));
+      else this.seen(key, lease, instance);
     } else if (lease !== undefined) {
       const proposedAt = lease.expireProposedAt;
       if (proposedAt !== null && lease.renewedAt > proposedAt) {
@@ -178,6 +184,17 @@ export class Lessor {
         this.dropLease(key, lease);
       }
     }
+  }
+
+  private seen(key: string, lease: Lease, instance: Instance): void {
+    if (lease.modifyIndex !== instance.modifyIndex) {
+      // A registration or status change restarted the countdown on every node, from its own
+      // time: the next checkpoint carries this lease again.
+      lease.modifyIndex = instance.modifyIndex;
+      lease.checkpointedAt = null;
+    }
+    lease.ttlMs = instance.ttlMs;
+    this.check(key, lease, this.options.now());
   }
 
   private addLease(key: string, lease: Lease): void {
@@ -213,6 +230,7 @@ export class Lessor {
     this.due.clear();
     this.expiring.clear();
     this.reviving.clear();
+    this.unleased.clear();
     this.atRiskLeases = 0;
   }
 
@@ -277,6 +295,7 @@ export class Lessor {
       atRisk: false,
       checkAt: Number.POSITIVE_INFINITY,
       checkpointedAt: null,
+      modifyIndex: instance.modifyIndex,
     };
   }
 
@@ -391,6 +410,12 @@ export class Lessor {
     }
     if (!this.leading) return;
     const wall = this.options.wallClock();
+    for (const [key, ref] of this.unleased) {
+      const instance = this.fsm.instance(ref);
+      if (!this.leases.has(key) && instance !== undefined && instance.expiredAt === null)
+        this.addLease(key, this.resumed(instance, now));
+    }
+    this.unleased.clear();
     for (const { at, key } of this.due.popDue(now)) {
       const lease = this.leases.get(key);
       if (lease === undefined || lease.checkAt !== at) continue;

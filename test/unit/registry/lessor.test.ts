@@ -453,4 +453,32 @@ describe("TTL lessor", () => {
       ["live", "late"],
     ]);
   });
+
+  it("an entry that restarts a countdown without the lessor is carried by the next checkpoint, and a new lease counts from it", async () => {
+    const bench = new Bench();
+    const checkpoints: string[][] = [];
+    const lessor = bench.newLessor({
+      propose: async (command) => {
+        if (command.op === "checkpoint") checkpoints.push(command.ttls.map((ttl) => ttl.id));
+        bench.proposed.push(command);
+        return bench.log.apply(command);
+      },
+    });
+    lessor.becomeLeader();
+    const a = bench.register(lessor, "web", "a");
+    const b = bench.register(lessor, "web", "b");
+    await bench.run(lessor, ttlMs + 500, [a]);
+    expect(bench.status(b)).toBe("critical");
+    // Committed, but the writers never heard back (a timeout): the lessor renewed nothing.
+    bench.log.apply({ op: "set-status", ...a, status: "warning", output: "", now: 1_000_000 });
+    const again = bench.now;
+    bench.log.apply({ op: "register", instance: spec("web", "b"), now: 1_000_000 + again });
+    const carried = checkpoints.length;
+    await bench.run(lessor, checkpointIntervalMs);
+    expect(checkpoints.slice(carried).flat()).toEqual(expect.arrayContaining(["a", "b"]));
+    // b counts a whole TTL from its registration, not from its last life.
+    const criticalAt = await bench.criticalAt(lessor, b, again + 2 * ttlMs);
+    expect(criticalAt).not.toBeNull();
+    expect((criticalAt as number) - again).toBeGreaterThanOrEqual(ttlMs);
+  });
 });
