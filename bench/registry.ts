@@ -31,7 +31,7 @@ const pairedRounds = 3;
 const registeredIdsPerThread = 3000;
 /**
  * Registrations before the measured ones, on each fresh cluster: the agents' first seconds
- * run unoptimized code (a fresh cluster's first 5 s ran at 0.4-0.7 of its third).
+ * run unoptimized code (a fresh cluster's first 5 s ran at 0.4-0.8 of its third).
  */
 const warmUpSeconds = 10;
 /** The registry size at which registrations are measured again. */
