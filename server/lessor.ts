@@ -171,7 +171,7 @@ export class Lessor {
     if (instance === undefined) {
       if (lease !== undefined) this.dropLease(key, lease);
     } else if (instance.expiredAt === null) {
-      // Resumed once the entry's own countdown is noted (it is, after the instance).
+      // At the next tick: the entry's own countdown is noted only after the instance.
       if (lease === undefined) this.unleased.set(key, refOf(instance));
       else this.seen(key, lease, instance);
     } else if (lease !== undefined) {
