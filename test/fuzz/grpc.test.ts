@@ -97,6 +97,12 @@ const poisons: Record<string, { field: string; number: number; value: string; pa
     "Elections.Resign": { field: "session", number: 2, value: "bogus", params: ["name"] },
   };
 
+/**
+ * A map key "__proto__" reaches the HTTP API as prototype poisoning, refused before the
+ * poison and without a field (as the HTTP fuzz expects): it is left out of generated maps.
+ */
+const notProtoKey = (key: string) => key !== "__proto__";
+
 const methods: Method[] = [];
 for (const serviceName of ["Registry", "Sessions", "Locks", "Elections", "Cluster"]) {
   const service = root.lookupService(`muster.v1.${serviceName}`);
@@ -272,7 +278,7 @@ function messageArb(type: protobuf.Type, depth = 0): fc.Arbitrary<Record<string,
     else continue;
     if (field instanceof protobuf.MapField) {
       value = fc.dictionary(
-        fc.oneof(fc.stringMatching(/^[A-Za-z0-9._-]{1,10}$/), text),
+        fc.oneof(fc.stringMatching(/^[A-Za-z0-9._-]{1,10}$/), text).filter(notProtoKey),
         fc.oneof(
           fc.string({ maxLength: 30 }),
           fc.integer({ min: 500, max: 600 }).map((n) => "m".repeat(n)),
@@ -706,11 +712,13 @@ const registration = fc.record(
       { maxLength: 5 },
     ),
     meta: fc.dictionary(
-      fc.oneof(
-        { weight: 30, arbitrary: fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/) },
-        // Non-ASCII keys, now and then: the field named in an error must still fit metadata.
-        { weight: 1, arbitrary: text },
-      ),
+      fc
+        .oneof(
+          { weight: 30, arbitrary: fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/) },
+          // Non-ASCII keys, now and then: the field named in an error must still fit metadata.
+          { weight: 1, arbitrary: text },
+        )
+        .filter(notProtoKey),
       fc.oneof(
         { weight: 9, arbitrary: fc.string({ maxLength: 30 }) },
         { weight: 1, arbitrary: fc.constant("m".repeat(513)) },
