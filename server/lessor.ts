@@ -483,9 +483,8 @@ export class Lessor {
       expiresAt > since && expiresAt <= now && now - since > ttlMs / 2;
     let given = 0;
     for (const lease of this.leases.values()) {
-      const ttlMs = this.fsm.instance(lease.ref)?.ttlMs ?? 0;
-      if (!heldUp(lease.expiresAt, ttlMs)) continue;
-      lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(ttlMs));
+      if (!heldUp(lease.expiresAt, lease.ttlMs)) continue;
+      lease.graceUntil = Math.max(lease.graceUntil, now + this.graceFor(lease.ttlMs));
       given++;
     }
     for (const [id, lease] of this.sessionLeases) {
