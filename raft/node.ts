@@ -10,6 +10,7 @@ import type {
   RaftOptions,
   RaftStatus,
   Ready,
+  Snapshot,
 } from "./core/types.js";
 import { LeaseClock } from "./lease-clock.js";
 import type { RaftStorage } from "./storage/storage.js";
@@ -21,7 +22,11 @@ import type { RaftTransport } from "./transport/transport.js";
  */
 export interface StateMachine<Result> {
   apply(entry: Entry & { type: "normal" }): Result;
-  snapshot(): Uint8Array;
+  /**
+   * The state as of now, in pieces that the runtime takes a few at a time between other
+   * work: entries applied meanwhile must not change what the pieces hold.
+   */
+  snapshot(): Iterable<Uint8Array>;
   restore(data: Uint8Array): void;
 }
 
@@ -71,6 +76,19 @@ interface PendingRead extends Pending {
   index: number | null;
 }
 
+/**
+ * A snapshot on its way: its pieces taken a slice at a time, then the log compacted in
+ * memory and the data written beside the loop, then recorded by the loop.
+ */
+type SnapshotJob =
+  | { readonly stage: "taking" }
+  | { readonly stage: "taken"; readonly index: number; readonly data: Uint8Array }
+  | { readonly stage: "saving"; readonly saved: Promise<void> }
+  | { readonly stage: "saved"; readonly snapshot: Snapshot };
+
+/** How long taking snapshot pieces may hold the event loop before other work runs. */
+const snapshotSliceMs = 4;
+
 /** Ticks of the election timeout a lease gives up: one for tick granularity, one for drift. */
 const leaseMarginTicks = 2;
 
@@ -96,6 +114,9 @@ export class RaftNode<Result> {
   /** The last log index this node's storage holds (synced). */
   private persistedIndex: number;
   private snapshotIndex = 0;
+  private snapshotJob: SnapshotJob | null = null;
+  /** Entries past snapshotIndex at which the next snapshot starts. */
+  private snapshotAfter: number;
   private loop: Promise<void> | null = null;
   /** A proposal asked for the loop to start after this turn's I/O. */
   private kickScheduled = false;
@@ -110,6 +131,7 @@ export class RaftNode<Result> {
     this.applied = snapshotIndex;
     this.persistedIndex = core.status().lastIndex;
     this.snapshotIndex = snapshotIndex;
+    this.snapshotAfter = this.nextSnapshotAfter();
     this.leaseClock = new LeaseClock(
       (options.raft.electionTicks - leaseMarginTicks) * options.tickIntervalMs,
     );
@@ -277,6 +299,7 @@ export class RaftNode<Result> {
     this.reads.clear();
     // Let a batch being written finish, so that what was acknowledged is on disk.
     await this.loop;
+    if (this.snapshotJob?.stage === "saving") await this.snapshotJob.saved.catch(() => undefined);
     await this.options.transport.close();
     await this.options.storage.close();
   }
@@ -343,7 +366,7 @@ export class RaftNode<Result> {
     this.loop = this.runLoop().then(
       () => {
         this.loop = null;
-        if (this.core.hasReady()) this.kick();
+        if (this.hasWork()) this.kick();
       },
       (error: unknown) => {
         this.loop = null;
@@ -352,33 +375,42 @@ export class RaftNode<Result> {
     );
   }
 
+  private hasWork(): boolean {
+    const stage = this.snapshotJob?.stage;
+    return this.core.hasReady() || stage === "taken" || stage === "saved";
+  }
+
   private async runLoop(): Promise<void> {
-    while (!this.stopped && this.core.hasReady()) {
-      const ready = this.core.ready();
-      this.leaseClock.handedOut(ready.messages, performance.now());
-      for (const message of ready.messages) this.options.transport.send(message);
-      // Committed entries already on this node's disk are applied (and their writers
-      // answered) while this batch's write runs, not after it: a leader's commits then wait
-      // for one synced write fewer. The rest wait for the write, as Raft requires.
-      // (Entries this batch rewrites are not on disk as they will be.)
-      const durable = Math.min(this.persistedIndex, (ready.entries[0]?.index ?? Infinity) - 1);
-      const committed = ready.committedEntries;
-      let early = 0;
-      if (ready.snapshot === null) while ((committed[early]?.index ?? Infinity) <= durable) early++;
-      this.applyEntries(committed, 0, early);
-      if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
-        await this.options.storage.persist(ready);
-      }
-      if (this.stopped) return;
-      const last = ready.entries[ready.entries.length - 1];
-      if (last !== undefined) this.persistedIndex = last.index;
-      else if (ready.snapshot !== null) this.persistedIndex = ready.snapshot.index;
-      this.leaseClock.handedOut(ready.messagesAfterPersist, performance.now());
-      for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
-      this.apply(ready, early);
-      this.core.advance(ready);
-      await this.maybeSnapshot();
+    while (!this.stopped && this.hasWork()) {
+      if (this.core.hasReady()) await this.handleReady();
+      if (!this.stopped) await this.snapshotStep();
     }
+  }
+
+  private async handleReady(): Promise<void> {
+    const ready = this.core.ready();
+    this.leaseClock.handedOut(ready.messages, performance.now());
+    for (const message of ready.messages) this.options.transport.send(message);
+    // Committed entries already on this node's disk are applied (and their writers
+    // answered) while this batch's write runs, not after it: a leader's commits then wait
+    // for one synced write fewer. The rest wait for the write, as Raft requires.
+    // (Entries this batch rewrites are not on disk as they will be.)
+    const durable = Math.min(this.persistedIndex, (ready.entries[0]?.index ?? Infinity) - 1);
+    const committed = ready.committedEntries;
+    let early = 0;
+    if (ready.snapshot === null) while ((committed[early]?.index ?? Infinity) <= durable) early++;
+    this.applyEntries(committed, 0, early);
+    if (ready.hardState !== null || ready.snapshot !== null || ready.entries.length > 0) {
+      await this.options.storage.persist(ready);
+    }
+    if (this.stopped) return;
+    const last = ready.entries[ready.entries.length - 1];
+    if (last !== undefined) this.persistedIndex = last.index;
+    else if (ready.snapshot !== null) this.persistedIndex = ready.snapshot.index;
+    this.leaseClock.handedOut(ready.messagesAfterPersist, performance.now());
+    for (const message of ready.messagesAfterPersist) this.options.transport.send(message);
+    this.apply(ready, early);
+    this.core.advance(ready);
   }
 
   /** The rest of `ready`: its snapshot, the committed entries after the first `done`, reads. */
@@ -387,6 +419,7 @@ export class RaftNode<Result> {
       this.options.stateMachine.restore(ready.snapshot.data);
       this.applied = ready.snapshot.index;
       this.snapshotIndex = ready.snapshot.index;
+      this.snapshotAfter = this.nextSnapshotAfter();
     }
     this.applyEntries(ready.committedEntries, done, ready.committedEntries.length);
     this.settleReads(ready);
@@ -426,12 +459,73 @@ export class RaftNode<Result> {
     }
   }
 
-  private async maybeSnapshot(): Promise<void> {
-    if (this.applied - this.snapshotIndex < this.options.snapshotEveryEntries) return;
-    const snapshot = this.core.compact(this.applied, this.options.stateMachine.snapshot());
-    if (snapshot === null) return;
-    this.snapshotIndex = snapshot.index;
-    await this.options.storage.compact(snapshot);
+  /**
+   * Starts a snapshot once enough entries have applied since the last, or moves one on
+   * that waits for the loop: the core compacts between batches, and the storage records a
+   * snapshot between persists.
+   */
+  private async snapshotStep(): Promise<void> {
+    const job = this.snapshotJob;
+    if (job === null) {
+      if (this.applied - this.snapshotIndex >= this.snapshotAfter) this.takeSnapshot();
+    } else if (job.stage === "taken") {
+      const snapshot = this.core.compact(job.index, job.data);
+      if (snapshot === null) {
+        this.snapshotJob = null;
+        return;
+      }
+      this.snapshotIndex = snapshot.index;
+      this.snapshotAfter = this.nextSnapshotAfter();
+      const saved = this.options.storage.saveSnapshot(snapshot);
+      this.snapshotJob = { stage: "saving", saved };
+      saved.then(
+        () => {
+          this.snapshotJob = { stage: "saved", snapshot };
+          this.kick();
+        },
+        (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+      );
+    } else if (job.stage === "saved") {
+      this.snapshotJob = null;
+      await this.options.storage.compact(job.snapshot);
+    }
+  }
+
+  /**
+   * `snapshotEveryEntries` and up to half as many again, at random: members apply the same
+   * entries, and would otherwise all write a snapshot at once.
+   */
+  private nextSnapshotAfter(): number {
+    const every = this.options.snapshotEveryEntries;
+    return every + randomInt(Math.floor(every / 2) + 1);
+  }
+
+  /** Takes the state machine's pieces a slice at a time, so that a large state stalls nothing. */
+  private takeSnapshot(): void {
+    const index = this.applied;
+    const pieces = this.options.stateMachine.snapshot()[Symbol.iterator]();
+    this.snapshotJob = { stage: "taking" };
+    const taken: Uint8Array[] = [];
+    const takeSlice = () => {
+      if (this.stopped) return;
+      try {
+        const end = performance.now() + snapshotSliceMs;
+        do {
+          const next = pieces.next();
+          if (next.done === true) {
+            this.snapshotJob = { stage: "taken", index, data: Buffer.concat(taken) };
+            this.kick();
+            return;
+          }
+          taken.push(next.value);
+        } while (performance.now() < end);
+      } catch (error) {
+        this.fail(error instanceof Error ? error : new Error(String(error)));
+        return;
+      }
+      setImmediate(takeSlice);
+    };
+    takeSlice();
   }
 
   private fail(error: Error): void {

@@ -262,7 +262,7 @@ export function agentOptions(): Option[] {
     ),
     option(
       "--snapshot-every <entries>",
-      "take a snapshot after this many applied entries",
+      "take a snapshot after this many applied entries (up to half again, at random)",
       "MUSTER_SNAPSHOT_EVERY",
       positiveInteger,
       "10000",

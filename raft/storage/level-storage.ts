@@ -29,6 +29,19 @@ function entryKey(index: number): string {
   return `${entryPrefix}${index.toString(16).padStart(16, "0")}`;
 }
 
+function snapshotFileName(snapshot: Snapshot): string {
+  return `snapshot-${snapshot.index.toString(16).padStart(16, "0")}-${snapshot.term}.snap`;
+}
+
+/** The record that puts a saved snapshot in force. */
+function snapshotRecord(snapshot: Snapshot): Operation {
+  return {
+    type: "put",
+    key: snapshotKey,
+    value: seal(new TextEncoder().encode(snapshotFileName(snapshot))),
+  };
+}
+
 /** A record as stored: a CRC-32 of the payload, then the payload. */
 function seal(payload: Uint8Array): Uint8Array {
   const record = new Uint8Array(4 + payload.length);
@@ -58,6 +71,8 @@ export class LevelStorage implements RaftStorage {
   private snapshotIndex = 0;
   private lastIndex = 0;
   private lastTerm = 0;
+  /** Clearing what compactions covered; a crash before it ends leaves work for load(). */
+  private tidying: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly db: Level<string, Uint8Array>,
@@ -136,6 +151,10 @@ export class LevelStorage implements RaftStorage {
       );
     // A crash between a snapshot and clearing the entries it covers leaves them behind.
     if (covered) await this.clearEntries(1, base);
+    // Saves a crash cut short or that never came into force.
+    const kept = snapshot === null ? null : snapshotFileName(snapshot);
+    for (const file of await readdir(this.snapshotDir))
+      if (file !== kept) await rm(join(this.snapshotDir, file), { force: true });
     this.hardState = meta.hardState;
     this.snapshotIndex = base;
     this.lastIndex = last?.index ?? base;
@@ -160,7 +179,8 @@ export class LevelStorage implements RaftStorage {
     let firstKept = this.snapshotIndex + 1;
     let covered: { from: number; to: number } | null = null;
     if (batch.snapshot !== null) {
-      await this.writeSnapshotFile(batch.snapshot, operations);
+      await this.saveSnapshot(batch.snapshot);
+      operations.push(snapshotRecord(batch.snapshot));
       // Entries the snapshot covers are ignored from now on and cleared after the write.
       covered = { from: firstKept, to: Math.min(this.lastIndex, batch.snapshot.index) };
       for (let index = batch.snapshot.index + 1; index <= this.lastIndex; index++)
@@ -214,22 +234,8 @@ export class LevelStorage implements RaftStorage {
     if (from <= to) await this.db.clear({ gte: entryKey(from), lte: entryKey(to) });
   }
 
-  async compact(snapshot: Snapshot): Promise<void> {
-    if (snapshot.index <= this.snapshotIndex) return;
-    assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
-    const operations: Operation[] = [];
-    await this.writeSnapshotFile(snapshot, operations);
-    await this.write(operations, true);
-    const from = this.snapshotIndex + 1;
-    this.snapshotIndex = snapshot.index;
-    await this.clearEntries(from, snapshot.index);
-    await this.removeSnapshotsBefore(snapshot.index);
-  }
-
-  /** Write the data file (temp, fsync, rename) and queue the record that points at it. */
-  private async writeSnapshotFile(snapshot: Snapshot, operations: Operation[]): Promise<void> {
-    const name = `snapshot-${snapshot.index.toString(16).padStart(16, "0")}-${snapshot.term}.snap`;
-    const path = join(this.snapshotDir, name);
+  async saveSnapshot(snapshot: Snapshot): Promise<void> {
+    const path = join(this.snapshotDir, snapshotFileName(snapshot));
     const file = await open(`${path}.tmp`, "w");
     try {
       await file.writeFile(seal(encodeSnapshot(snapshot)));
@@ -244,18 +250,36 @@ export class LevelStorage implements RaftStorage {
     } finally {
       await dir.close();
     }
-    operations.push({ type: "put", key: snapshotKey, value: seal(new TextEncoder().encode(name)) });
   }
 
+  async compact(snapshot: Snapshot): Promise<void> {
+    await this.tidying;
+    // A snapshot installed from the leader meanwhile is newer.
+    if (snapshot.index <= this.snapshotIndex) return;
+    assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
+    await this.write([snapshotRecord(snapshot)], true);
+    const from = this.snapshotIndex + 1;
+    this.snapshotIndex = snapshot.index;
+    // What the record now covers goes beside later writes, none of which touch it; a
+    // failure surfaces at the next compaction or at close.
+    this.tidying = (async () => {
+      await this.clearEntries(from, snapshot.index);
+      await this.removeSnapshotsBefore(snapshot.index);
+    })();
+    this.tidying.catch(() => undefined);
+  }
+
+  /** Snapshot files of earlier indexes; a temporary file may be a save under way. */
   private async removeSnapshotsBefore(index: number): Promise<void> {
     const current = `snapshot-${index.toString(16).padStart(16, "0")}`;
     for (const file of await readdir(this.snapshotDir)) {
-      if (file < current || file.endsWith(".tmp"))
+      if (file < current && file.endsWith(".snap"))
         await rm(join(this.snapshotDir, file), { force: true });
     }
   }
 
   async close(): Promise<void> {
+    await this.tidying;
     await this.db.close();
   }
 }

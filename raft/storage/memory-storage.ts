@@ -18,6 +18,8 @@ export class MemoryStorage implements RaftStorage {
     this.state = withBatch(this.state, batch);
   }
 
+  async saveSnapshot(): Promise<void> {}
+
   async compact(snapshot: Snapshot): Promise<void> {
     this.state = withSnapshot(this.state, snapshot);
   }

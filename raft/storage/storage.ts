@@ -19,7 +19,12 @@ export interface RaftStorage {
   load(): Promise<PersistedState>;
   /** Resolves once the batch is written, and synced to stable storage when it must be. */
   persist(batch: PersistBatch): Promise<void>;
-  /** Keep a snapshot the application took and drop the log entries it covers. */
+  /**
+   * Write the data of a snapshot the application took, durably but not yet in force. It
+   * runs beside persist() and touches nothing persist() reads or writes.
+   */
+  saveSnapshot(snapshot: Snapshot): Promise<void>;
+  /** Put a saved snapshot in force and drop the log entries it covers. */
   compact(snapshot: Snapshot): Promise<void>;
   close(): Promise<void>;
 }

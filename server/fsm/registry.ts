@@ -199,7 +199,7 @@ function emptyState(): RegistryState {
   };
 }
 
-/** The state as plain data, in a stable order: the snapshot format and what the state hash covers. */
+/** The state as plain data: the snapshot format, and in name order what the state hash covers. */
 interface StoredRegistry {
   readonly members: MemberAddresses[];
   readonly services: {
@@ -218,24 +218,67 @@ interface StoredRegistry {
   readonly appliedIndex: number;
 }
 
-function toStored(state: RegistryState, locks: StoredLocks, acl: StoredAcl): StoredRegistry {
-  const byKey = <T>(entries: Iterable<[string, T]>) =>
-    [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return {
-    members: byKey(state.members).map(([, member]) => member),
-    services: byKey(state.serviceIndex).map(([name, index]) => ({
-      name,
-      index,
-      tags: [...(state.serviceTags.get(name) ?? [])].sort(),
-      instances: byKey(state.services.get(name) ?? new Map()).map(([, instance]) => instance),
-    })),
-    servicesIndex: state.servicesIndex,
-    selfPreservation: state.selfPreservation,
-    forwardingKey: state.forwardingKey,
-    locks,
-    acl,
-    appliedIndex: state.appliedIndex,
-  };
+/** JSON text per snapshot piece, in characters: small enough to make between other work. */
+const pieceChars = 64 * 1024;
+/** Instances stringified at a time. */
+const instancesPerPart = 128;
+
+/**
+ * The state as the JSON text of a StoredRegistry, in pieces. What the text holds is taken at
+ * the call; the text itself is made as the pieces are taken, while later entries apply
+ * (they replace instances, never edit them). `sorted` orders services and instances by
+ * name, for the state hash; a snapshot keeps the maps' own order, which restore reproduces.
+ */
+function storedText(
+  state: RegistryState,
+  locks: StoredLocks,
+  acl: StoredAcl,
+  sorted: boolean,
+): Iterable<string> {
+  const byKey = <T>(entries: [string, T][]) =>
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const members = byKey([...state.members]).map(([, member]) => member);
+  const head = `{"members":${JSON.stringify(members)},"services":[`;
+  const named = [...state.serviceIndex];
+  const services = (sorted ? byKey(named) : named).map(([name, index]) => ({
+    service: { name, index, tags: [...(state.serviceTags.get(name) ?? [])].sort() },
+    instances: sorted
+      ? byKey([...(state.services.get(name) ?? [])]).map(([, instance]) => instance)
+      : [...(state.services.get(name)?.values() ?? [])],
+  }));
+  const tail = `],"servicesIndex":${state.servicesIndex},"selfPreservation":${JSON.stringify(state.selfPreservation)},"forwardingKey":${JSON.stringify(state.forwardingKey)},"locks":${JSON.stringify(locks)},"acl":${JSON.stringify(acl)},"appliedIndex":${state.appliedIndex}}`;
+  return inPieces(storedParts(head, services, tail));
+}
+
+function* storedParts(
+  head: string,
+  services: readonly { service: object; instances: readonly Instance[] }[],
+  tail: string,
+): Generator<string> {
+  yield head;
+  for (const [n, { service, instances }] of services.entries()) {
+    yield `${n > 0 ? "," : ""}${JSON.stringify(service).slice(0, -1)},"instances":[`;
+    for (let at = 0; at < instances.length; at += instancesPerPart) {
+      const part = JSON.stringify(instances.slice(at, at + instancesPerPart));
+      yield `${at > 0 ? "," : ""}${part.slice(1, -1)}`;
+    }
+    yield "]}";
+  }
+  yield tail;
+}
+
+function* inPieces(parts: Iterable<string>): Generator<string> {
+  let pending: string[] = [];
+  let length = 0;
+  for (const part of parts) {
+    pending.push(part);
+    length += part.length;
+    if (length < pieceChars) continue;
+    yield pending.join("");
+    pending = [];
+    length = 0;
+  }
+  if (pending.length > 0) yield pending.join("");
 }
 
 function fromStored(stored: StoredRegistry): RegistryState {
@@ -521,10 +564,11 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     this.notify(service, index);
   }
 
-  snapshot(): Uint8Array {
-    return new TextEncoder().encode(
-      JSON.stringify(toStored(this.state, this.locks.toStored(), this.acl.toStored())),
-    );
+  snapshot(): Iterable<Uint8Array> {
+    const text = storedText(this.state, this.locks.toStored(), this.acl.toStored(), false);
+    return (function* () {
+      for (const piece of text) yield Buffer.from(piece);
+    })();
   }
 
   restore(data: Uint8Array): void {
@@ -547,10 +591,10 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
 
   /** A hash of the whole state, equal on replicas that applied the same log. */
   stateHash(): { appliedIndex: number; hash: string } {
-    const hash = createHash("sha256")
-      .update(JSON.stringify(toStored(this.state, this.locks.toStored(), this.acl.toStored())))
-      .digest("hex");
-    return { appliedIndex: this.state.appliedIndex, hash };
+    const hash = createHash("sha256");
+    for (const piece of storedText(this.state, this.locks.toStored(), this.acl.toStored(), true))
+      hash.update(piece);
+    return { appliedIndex: this.state.appliedIndex, hash: hash.digest("hex") };
   }
 
   get appliedIndex(): number {

@@ -41,6 +41,11 @@ class PowerLossStorage implements RaftStorage {
     await this.inner.persist(batch);
   }
 
+  async saveSnapshot(snapshot: Snapshot): Promise<void> {
+    if (this.lost) throw new Error("power lost");
+    if (!this.lying) await this.inner.saveSnapshot(snapshot);
+  }
+
   async compact(snapshot: Snapshot): Promise<void> {
     if (this.lost) throw new Error("power lost");
     if (this.lying) return;

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { AclResolver, hashSecret } from "../../../server/acl/resolver.js";
 import { Authorizer, formatRule, parseRule } from "../../../server/acl/rules.js";
 import { RegistryStateMachine } from "../../../server/fsm/registry.js";
-import { Log } from "./registry-log.js";
+import { Log, snapshotOf } from "./registry-log.js";
 
 const rules = (...texts: string[]) => texts.map(parseRule);
 
@@ -164,7 +164,7 @@ describe("ACL state", () => {
       token: { accessor: "t1", secretHash: hashSecret("s1"), policies: ["web"], description: "" },
     });
     const restored = new RegistryStateMachine();
-    restored.restore(log.fsm.snapshot());
+    restored.restore(snapshotOf(log.fsm));
     expect(restored.stateHash()).toEqual(log.fsm.stateHash());
     const acl = new AclResolver(true, restored.acl);
     expect(acl.resolve("s1")?.accessor).toBe("t1");

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { RegistryStateMachine } from "../../../server/fsm/registry.js";
-import { Log, spec } from "./registry-log.js";
+import { Log, snapshotOf, spec } from "./registry-log.js";
 
 describe("registry state machine", () => {
   it("keeps createIndex and registeredAt when an instance registers again", () => {
@@ -115,11 +115,41 @@ describe("registry state machine", () => {
     log.apply({ op: "deregister", service: "db", id: "a" });
     log.apply({ op: "self-preservation", mode: "off" });
     const copy = new RegistryStateMachine();
-    copy.restore(log.fsm.snapshot());
+    copy.restore(snapshotOf(log.fsm));
     expect(copy.stateHash()).toEqual(log.fsm.stateHash());
     expect(copy.instances("db")).toEqual({ index: 3, instances: [] });
     expect(copy.selfPreservationMode).toBe("off");
     expect(copy.services().map((s) => s.name)).toEqual(["web"]);
+  });
+
+  it("a snapshot holds the state it was asked at, however much applies while its pieces are taken", () => {
+    const log = new Log();
+    for (let n = 0; n < 1200; n++)
+      log.apply({ op: "register", instance: spec(`svc-${n % 3}`, `id-${n}`), now: n });
+    const asked = log.fsm.stateHash();
+    const pieces = log.fsm.snapshot()[Symbol.iterator]();
+    const taken = [pieces.next().value as Uint8Array];
+    for (let n = 0; n < 1200; n += 7) {
+      log.apply({
+        op: "register",
+        instance: { ...spec(`svc-${n % 3}`, `id-${n}`), port: 81 },
+        now: 0,
+      });
+      log.apply({ op: "deregister", service: `svc-${(n + 1) % 3}`, id: `id-${n + 1}` });
+    }
+    log.apply({
+      op: "expire",
+      instances: [{ service: "svc-2", id: "id-2", modifyIndex: 3 }],
+      now: 9,
+    });
+    log.apply({ op: "register", instance: spec("late", "a"), now: 0 });
+    log.apply({ op: "self-preservation", mode: "on" });
+    for (let next = pieces.next(); next.done !== true; next = pieces.next()) taken.push(next.value);
+    expect(taken.length).toBeGreaterThan(1);
+    const restored = new RegistryStateMachine();
+    restored.restore(Buffer.concat(taken));
+    expect(restored.stateHash()).toEqual(asked);
+    expect(log.fsm.stateHash()).not.toEqual(asked);
   });
 
   it("remembers every tag a service's instances carried, through removal and snapshots", () => {
@@ -127,7 +157,7 @@ describe("registry state machine", () => {
     log.apply({ op: "register", instance: { ...spec("web", "a"), tags: ["blue"] }, now: 0 });
     log.apply({ op: "deregister", service: "web", id: "a" });
     const copy = new RegistryStateMachine();
-    copy.restore(log.fsm.snapshot());
+    copy.restore(snapshotOf(log.fsm));
     for (const fsm of [log.fsm, copy]) {
       expect(fsm.tagKnown("web", "blue")).toBe(true);
       expect(fsm.tagKnown("web", "green")).toBe(false);
@@ -155,7 +185,7 @@ describe("registry state machine", () => {
     expect(create("e", "10.0.0.1")).toMatchObject({ ok: true });
     // A node restored from a snapshot counts alike.
     const restored = new Log();
-    restored.fsm.restore(log.fsm.snapshot());
+    restored.fsm.restore(snapshotOf(log.fsm));
     restored.index = log.index;
     expect(
       restored.apply({

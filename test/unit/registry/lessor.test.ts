@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { InstanceRef, RegistryCommand } from "../../../server/fsm/registry.js";
 import { Lessor, type LessorOptions } from "../../../server/lessor.js";
-import { Log, spec } from "./registry-log.js";
+import { Log, snapshotOf, spec } from "./registry-log.js";
 
 const ttlMs = 10_000;
 const checkpointIntervalMs = 2000;
@@ -227,7 +227,7 @@ describe("TTL lessor", () => {
     // Checkpoints at 2 s and 4 s leave 8 s and 6 s; then the leader dies.
     await bench.run(bench.lessor, 5000);
     bench.lessor.stepDown();
-    const snapshot = bench.log.fsm.snapshot();
+    const snapshot = snapshotOf(bench.log.fsm);
     // 7 s later a node that was down catches up: it replays the log, or installs a snapshot.
     bench.now = 12_000;
     const replayed = new Log();

@@ -22,6 +22,11 @@ export function spec(service: string, id: string, ttlMs = 10_000): InstanceSpec 
   };
 }
 
+/** A snapshot's pieces, joined as the runtime joins them. */
+export function snapshotOf(fsm: RegistryStateMachine): Uint8Array {
+  return Buffer.concat([...fsm.snapshot()]);
+}
+
 /** Applies commands as consecutive log entries. */
 export class Log {
   index = 0;

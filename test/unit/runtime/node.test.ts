@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { RaftError } from "../../../raft/node.js";
-import { type MemoryMember, startMemoryCluster, waitFor } from "./memory-cluster.js";
+import { ListMachine, type MemoryMember, startMemoryCluster, waitFor } from "./memory-cluster.js";
 
 type Cluster = Awaited<ReturnType<typeof startMemoryCluster>>;
 let cluster: Cluster | null = null;
@@ -148,9 +148,16 @@ describe("RaftNode runtime over an in-memory network", () => {
     await Promise.all(
       texts.map((text) => leader.node.propose(new TextEncoder().encode(text), 5000)),
     );
-    expect(leader.storage.persisted.snapshot?.index ?? 0).toBeGreaterThanOrEqual(50);
-    expect(leader.node.status().firstIndex).toBeGreaterThan(50);
     expect(leader.machine.items).toEqual(texts);
+    // The snapshot is taken a slice at a time and written beside the loop: it lands soon after.
+    await waitFor("a snapshot in storage", () =>
+      (leader.storage.persisted.snapshot?.index ?? 0) >= 50 ? true : undefined,
+    );
+    expect(leader.node.status().firstIndex).toBeGreaterThan(50);
+    const restored = new ListMachine();
+    restored.restore(leader.storage.persisted.snapshot?.data ?? new Uint8Array());
+    expect(restored.items.length).toBeGreaterThan(40);
+    expect(restored.items).toEqual(texts.slice(0, restored.items.length));
   });
 
   it("stops a node whose core hits a broken invariant and reports it, instead of going on", async () => {

@@ -99,6 +99,7 @@ describe("LevelStorage", () => {
         config: { voters: ["n1"], learners: [] },
         data: new TextEncoder().encode(`state@${index}`),
       };
+      await storage.saveSnapshot(snapshot);
       await storage.compact(snapshot);
       model = withSnapshot(model, snapshot);
     }
@@ -132,6 +133,63 @@ describe("LevelStorage", () => {
     expect(state.snapshot?.index).toBe(40);
     expect(state.entries.map((e) => e.index)).toEqual([41]);
     expect(state.hardState).toEqual({ term: 4, vote: null, commit: 40 });
+    await reopened.close();
+  });
+
+  it("a saved snapshot not yet in force changes nothing, and its file goes at the next start", async () => {
+    const dir = await dataDir();
+    let model = bootstrapState(["n1"]);
+    const storage = await LevelStorage.open(dir, model);
+    await storage.load();
+    const batch = {
+      hardState: { term: 2, vote: "n1", commit: 3 },
+      snapshot: null,
+      entries: [entry(2, 2), entry(3, 2)],
+      mustSync: true,
+    };
+    await storage.persist(batch);
+    model = withBatch(model, batch);
+    await storage.saveSnapshot({
+      index: 3,
+      term: 2,
+      config: { voters: ["n1"], learners: [] },
+      data: new Uint8Array([3]),
+    });
+    await storage.close();
+    const { storage: reopened, state } = await reopen(dir);
+    expect(plain(state)).toEqual(plain(model));
+    expect(await readdir(join(dir, "snapshots"))).toEqual([]);
+    await reopened.close();
+  });
+
+  it("a snapshot installed from the leader while an older one saves stays in force", async () => {
+    const dir = await dataDir();
+    const storage = await LevelStorage.open(dir, bootstrapState(["n1", "n2"]));
+    await storage.load();
+    await storage.persist({
+      hardState: { term: 2, vote: "n1", commit: 3 },
+      snapshot: null,
+      entries: [entry(2, 2), entry(3, 2)],
+      mustSync: true,
+    });
+    const config = { voters: ["n1", "n2"], learners: [] };
+    const older = { index: 3, term: 2, config, data: new Uint8Array([3]) };
+    const installed = { index: 40, term: 4, config, data: new Uint8Array([40]) };
+    await Promise.all([
+      storage.saveSnapshot(older),
+      storage.persist({
+        hardState: { term: 4, vote: null, commit: 40 },
+        snapshot: installed,
+        entries: [entry(41, 4)],
+        mustSync: true,
+      }),
+    ]);
+    await storage.compact(older);
+    await storage.close();
+    const { storage: reopened, state } = await reopen(dir);
+    expect(plain(state.snapshot)).toEqual(plain(installed));
+    expect(state.entries.map((e) => e.index)).toEqual([41]);
+    expect(await readdir(join(dir, "snapshots"))).toHaveLength(1);
     await reopened.close();
   });
 
@@ -188,12 +246,14 @@ describe("LevelStorage", () => {
       entries: [entry(2, 2)],
       mustSync: true,
     });
-    await storage.compact({
+    const snapshot = {
       index: 2,
       term: 2,
       config: { voters: ["n1"], learners: [] },
       data: new Uint8Array([1]),
-    });
+    };
+    await storage.saveSnapshot(snapshot);
+    await storage.compact(snapshot);
     await storage.close();
     const [file] = await readdir(join(dir, "snapshots"));
     await writeFile(join(dir, "snapshots", file ?? ""), new Uint8Array([0, 0, 0, 0, 9]));
