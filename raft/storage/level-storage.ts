@@ -254,8 +254,12 @@ export class LevelStorage implements RaftStorage {
 
   async compact(snapshot: Snapshot): Promise<void> {
     await this.tidying;
-    // A snapshot installed from the leader meanwhile is newer.
-    if (snapshot.index <= this.snapshotIndex) return;
+    if (snapshot.index < this.snapshotIndex) {
+      // A snapshot installed from the leader while this one saved is newer.
+      await rm(join(this.snapshotDir, snapshotFileName(snapshot)), { force: true });
+      return;
+    }
+    assert(snapshot.index > this.snapshotIndex, `snapshot ${snapshot.index} is already in force`);
     assert(snapshot.index <= this.lastIndex, "compacting past the end of the log");
     await this.write([snapshotRecord(snapshot)], true);
     const from = this.snapshotIndex + 1;
@@ -279,7 +283,10 @@ export class LevelStorage implements RaftStorage {
   }
 
   async close(): Promise<void> {
-    await this.tidying;
-    await this.db.close();
+    try {
+      await this.tidying;
+    } finally {
+      await this.db.close();
+    }
   }
 }

@@ -143,7 +143,23 @@ describe("registry state machine", () => {
       now: 9,
     });
     log.apply({ op: "register", instance: spec("late", "a"), now: 0 });
+    log.apply({ op: "register", instance: { ...spec("svc-0", "id-0"), tags: ["new"] }, now: 0 });
     log.apply({ op: "self-preservation", mode: "on" });
+    log.apply({ op: "member", member: { id: "n4", raft: "r", http: "h", grpc: "g", dns: "d" } });
+    log.apply({ op: "forwarding-key", key: "k" });
+    log.apply({ op: "acl-bootstrap", accessor: "root", secretHash: "h" });
+    log.apply({
+      op: "session-create",
+      session: {
+        id: "s",
+        name: "",
+        ttlMs: 10_000,
+        behavior: "release",
+        lockDelayMs: 0,
+        client: "c",
+      },
+      maxPerClient: 5,
+    });
     for (let next = pieces.next(); next.done !== true; next = pieces.next()) taken.push(next.value);
     expect(taken.length).toBeGreaterThan(1);
     const restored = new RegistryStateMachine();

@@ -7,18 +7,30 @@ import { MemoryNetwork } from "../../../raft/transport/memory-transport.js";
 /** Appends every command to a list; apply returns the list's length. */
 export class ListMachine implements StateMachine<number> {
   items: string[] = [];
+  /** The index of each entry applied here, item by item. */
+  readonly indexes: number[] = [];
 
   apply(entry: Entry & { type: "normal" }): number {
     this.items.push(new TextDecoder().decode(entry.data));
+    this.indexes.push(entry.index);
     return this.items.length;
   }
 
-  /** In small pieces, so that a snapshot spans several turns of the event loop. */
-  snapshot(): Uint8Array[] {
-    const data = new TextEncoder().encode(JSON.stringify(this.items));
-    return Array.from({ length: Math.ceil(data.length / 64) }, (_, n) =>
-      data.subarray(n * 64, n * 64 + 64),
-    );
+  /** Milliseconds each snapshot piece takes to make, as a large state's do. */
+  pieceCostMs = 0;
+
+  /** One piece per item, made as the pieces are taken, several turns of the loop later. */
+  snapshot(): Iterable<Uint8Array> {
+    const items = this.items.slice();
+    const cost = this.pieceCostMs;
+    return (function* () {
+      for (const [n, item] of items.entries()) {
+        const until = performance.now() + cost;
+        while (performance.now() < until);
+        yield new TextEncoder().encode(`${n === 0 ? "[" : ","}${JSON.stringify(item)}`);
+      }
+      yield new TextEncoder().encode(items.length === 0 ? "[]" : "]");
+    })();
   }
 
   restore(data: Uint8Array): void {

@@ -154,10 +154,38 @@ describe("RaftNode runtime over an in-memory network", () => {
       (leader.storage.persisted.snapshot?.index ?? 0) >= 50 ? true : undefined,
     );
     expect(leader.node.status().firstIndex).toBeGreaterThan(50);
+    // It holds what had applied at its index, nothing applied while it was taken.
+    const snapshot = leader.storage.persisted.snapshot;
     const restored = new ListMachine();
-    restored.restore(leader.storage.persisted.snapshot?.data ?? new Uint8Array());
-    expect(restored.items.length).toBeGreaterThan(40);
-    expect(restored.items).toEqual(texts.slice(0, restored.items.length));
+    restored.restore(snapshot?.data ?? new Uint8Array());
+    const covered = leader.machine.indexes.filter((index) => index <= (snapshot?.index ?? 0));
+    expect(restored.items).toEqual(texts.slice(0, covered.length));
+  });
+
+  it("a snapshot taken across turns holds what had applied at its index, though entries apply meanwhile", async () => {
+    cluster = await startMemoryCluster();
+    for (const member of cluster.members.values()) member.machine.pieceCostMs = 1;
+    const leader = await waitFor("a leader", () => leaderOf(cluster?.members.values() ?? []));
+    let proposed = 0;
+    let writing = true;
+    const writer = (async () => {
+      while (writing && proposed < 2000)
+        await leader.node.propose(new TextEncoder().encode(`e${proposed++}`), 5000);
+    })();
+    const snapshot = await waitFor(
+      "a snapshot in storage",
+      () => leader.storage.persisted.snapshot ?? undefined,
+      10_000,
+    );
+    writing = false;
+    await writer;
+    const restored = new ListMachine();
+    restored.restore(snapshot.data);
+    const covered = leader.machine.indexes.filter((index) => index <= snapshot.index);
+    expect(covered.length).toBeGreaterThan(0);
+    expect(restored.items).toEqual(leader.machine.items.slice(0, covered.length));
+    // Entries did apply while it was taken.
+    expect(leader.machine.items.length).toBeGreaterThan(covered.length);
   });
 
   it("stops a node whose core hits a broken invariant and reports it, instead of going on", async () => {

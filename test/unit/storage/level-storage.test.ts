@@ -185,6 +185,9 @@ describe("LevelStorage", () => {
       }),
     ]);
     await storage.compact(older);
+    expect(await readdir(join(dir, "snapshots"))).toEqual([
+      `snapshot-${(40).toString(16).padStart(16, "0")}-4.snap`,
+    ]);
     await storage.close();
     const { storage: reopened, state } = await reopen(dir);
     expect(plain(state.snapshot)).toEqual(plain(installed));
