@@ -194,8 +194,17 @@ export function decodeEntry(bytes: Uint8Array): Entry {
   return entryFromWire(decode(types.entry, bytes, "entry"));
 }
 
-export function encodeSnapshot(snapshot: Snapshot): Uint8Array {
-  return types.snapshot.encode(types.snapshot.fromObject(snapshotToWire(snapshot, true))).finish();
+/**
+ * A snapshot's encoding in parts to write one after another, its data not copied: the
+ * other fields, then the data field's key and length, then the data (protobuf takes fields
+ * in any order).
+ */
+export function encodeSnapshotParts(snapshot: Snapshot): Uint8Array[] {
+  const rest = types.snapshot.encode(types.snapshot.fromObject(snapshotToWire(snapshot, false)));
+  const dataKey = protobuf.Writer.create()
+    .uint32(((types.snapshot.fields.data?.id ?? 0) << 3) | 2)
+    .uint32(snapshot.data.length);
+  return [rest.finish(), dataKey.finish(), snapshot.data];
 }
 
 export function decodeSnapshot(bytes: Uint8Array): Snapshot {

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -133,6 +134,26 @@ describe("LevelStorage", () => {
     expect(state.snapshot?.index).toBe(40);
     expect(state.entries.map((e) => e.index)).toEqual([41]);
     expect(state.hardState).toEqual({ term: 4, vote: null, commit: 40 });
+    await reopened.close();
+  });
+
+  it("keeps a snapshot of several megabytes byte for byte", async () => {
+    const dir = await dataDir();
+    const storage = await LevelStorage.open(dir, bootstrapState(["n1"]));
+    await storage.load();
+    await storage.persist({
+      hardState: { term: 2, vote: "n1", commit: 2 },
+      snapshot: null,
+      entries: [entry(2, 2)],
+      mustSync: true,
+    });
+    const data = randomBytes(3 * 1024 * 1024 + 7);
+    const snapshot = { index: 2, term: 2, config: { voters: ["n1"], learners: [] }, data };
+    await storage.saveSnapshot(snapshot);
+    await storage.compact(snapshot);
+    await storage.close();
+    const { storage: reopened, state } = await reopen(dir);
+    expect(Buffer.compare(state.snapshot?.data ?? new Uint8Array(), data)).toBe(0);
     await reopened.close();
   });
 
