@@ -9,6 +9,7 @@ import type { Agent } from "../agent.js";
 import { MusterError } from "../errors.js";
 import { aclRoutes } from "./acl-routes.js";
 import { authorizeRequests } from "./authorize.js";
+import { parseJsonBody } from "./json-body.js";
 import { limitRequests, shedLoad } from "./limits.js";
 import { lockRoutes } from "./lock-routes.js";
 import { registryRoutes } from "./registry-routes.js";
@@ -48,6 +49,14 @@ export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): Fa
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === "body" ? bodies : texts).compile(schema),
   );
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (_request, text, done) => {
+    try {
+      done(null, parseJsonBody(text as string));
+    } catch (error) {
+      done(error as Error, undefined);
+    }
+  });
 
   app.register(swagger, {
     openapi: {

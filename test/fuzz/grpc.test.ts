@@ -98,8 +98,8 @@ const poisons: Record<string, { field: string; number: number; value: string; pa
   };
 
 /**
- * A map key "__proto__" reaches the HTTP API as prototype poisoning, refused before the
- * poison and without a field (as the HTTP fuzz expects): it is left out of generated maps.
+ * A map key "__proto__" is refused as the HTTP API reads the body, naming that key, before
+ * the poisoned field is looked at: it is left out of generated maps.
  */
 const notProtoKey = (key: string) => key !== "__proto__";
 

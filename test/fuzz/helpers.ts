@@ -314,7 +314,7 @@ export function formatMs(ms: number): string {
 export const chars = (text: string) => [...text].length;
 
 /**
- * Whether a parsed JSON value holds what fastify's prototype-poisoning guard refuses: a
+ * Whether a parsed JSON value holds what the API's JSON parser refuses as naming a prototype: a
  * "__proto__" key, or a "constructor" key whose value has a "prototype" key.
  */
 export function poisoned(value: unknown): boolean {

@@ -80,7 +80,7 @@ const counts = {
 const lockName = /^(?!(.*\/)?\.{1,2}(\/|$))[A-Za-z0-9._/-]{1,128}$/;
 const memberId = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}$/;
 const { label, instanceId, sessionId, metaKey, duration } = patterns;
-/** Keys that JSON.parse's prototype-poisoning guard refuses outright. */
+/** Keys that name a prototype, left out of generated keys (see poisoned()). */
 const poisonKeys = new Set(["__proto__", "constructor", "prototype"]);
 
 // ---- value generators ----------------------------------------------------------------------
@@ -587,13 +587,14 @@ function brokenBody(endpoint: WriteEndpoint): fc.Arbitrary<Case> {
       .tuple(
         base,
         fc.constantFrom(
-          '{"__proto__":{"polluted":true}}',
-          '{"constructor":{"prototype":{"polluted":true}}}',
-          '{"a":1,"__proto__":null}',
+          { body: '{"__proto__":{"polluted":true}}', field: "__proto__" },
+          { body: '{"constructor":{"prototype":{"polluted":true}}}', field: "constructor" },
+          { body: '{"a":1,"__proto__":null}', field: "__proto__" },
+          { body: '{"a":{"b":[{"__proto__":1}]}}', field: "a.b.0.__proto__" },
         ),
       )
-      .map(([[params], body]) =>
-        make("prototype poisoning", params, Buffer.from(body), withRejected(endpoint)),
+      .map(([[params], { body, field }]) =>
+        make("prototype poisoning", params, Buffer.from(body), withRejected(endpoint, { field })),
       ),
     fc
       .tuple(base, fc.integer({ min: 1, max: 20_000 }), fc.boolean())

@@ -191,6 +191,25 @@ const rejected: readonly BadInput[] = [
   badRequest("malformed JSON", "PUT", w1Path, undefined, {
     raw: { body: '{"address": "10.0.0.1", "port": ', contentType: "application/json" },
   }),
+  // Keys that name a prototype: refused by name, though the JSON itself is valid.
+  badRequest('meta key "__proto__"', "PUT", w1Path, "meta.__proto__", {
+    raw: {
+      body: `${JSON.stringify(w1With({ meta: undefined })).slice(0, -1)},"meta":{"__proto__":{"polluted":"yes"}}}`,
+      contentType: "application/json",
+    },
+  }),
+  badRequest('top-level key "__proto__"', "PUT", w1Path, "__proto__", {
+    raw: {
+      body: '{"address":"10.0.0.1","port":8080,"__proto__":null}',
+      contentType: "application/json",
+    },
+  }),
+  badRequest('"constructor" holding "prototype"', "PUT", w1Path, "constructor", {
+    raw: {
+      body: '{"address":"10.0.0.1","port":8080,"constructor":{"prototype":{}}}',
+      contentType: "application/json",
+    },
+  }),
   badRequest("empty body declared as JSON", "PUT", w1Path, undefined, {
     raw: { body: "", contentType: "application/json" },
   }),
