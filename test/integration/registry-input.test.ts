@@ -198,6 +198,12 @@ const rejected: readonly BadInput[] = [
       contentType: "application/json",
     },
   }),
+  badRequest('meta key "__proto__" written with an escape', "PUT", w1Path, "meta.__proto__", {
+    raw: {
+      body: '{"address":"10.0.0.1","port":8080,"meta":{"\\u005f_proto__":"x"}}',
+      contentType: "application/json",
+    },
+  }),
   badRequest('top-level key "__proto__"', "PUT", w1Path, "__proto__", {
     raw: {
       body: '{"address":"10.0.0.1","port":8080,"__proto__":null}',

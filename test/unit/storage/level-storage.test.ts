@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Level } from "level";
 import { afterEach, describe, expect, it } from "vitest";
 import { bootstrapState } from "../../../raft/core/raft.js";
-import type { Entry, PersistedState } from "../../../raft/core/types.js";
+import type { Entry, PersistedState, Snapshot } from "../../../raft/core/types.js";
 import { LevelStorage, StorageCorruptionError } from "../../../raft/storage/level-storage.js";
 import { withBatch, withSnapshot } from "../../../raft/storage/persisted-log.js";
 
@@ -37,6 +37,25 @@ function plain(value: unknown): unknown {
 async function reopen(dir: string): Promise<{ storage: LevelStorage; state: PersistedState }> {
   const storage = await LevelStorage.open(dir, bootstrapState(["n1"]));
   return { storage, state: await storage.load() };
+}
+
+/** A new log of `voters` holding entries 2..`last` of term 2, all committed, and its model. */
+async function committedLog(dir: string, last: number, voters = ["n1"]) {
+  const initial = bootstrapState(voters);
+  const storage = await LevelStorage.open(dir, initial);
+  await storage.load();
+  const batch = {
+    hardState: { term: 2, vote: "n1", commit: last },
+    snapshot: null,
+    entries: Array.from({ length: last - 1 }, (_, i) => entry(i + 2, 2)),
+    mustSync: true,
+  };
+  await storage.persist(batch);
+  return { storage, model: withBatch(initial, batch) };
+}
+
+function snapshotAt(index: number, term: number, data: Uint8Array, voters = ["n1"]): Snapshot {
+  return { index, term, config: { voters, learners: [] }, data };
 }
 
 describe("LevelStorage", () => {
@@ -82,24 +101,11 @@ describe("LevelStorage", () => {
 
   it("keeps a snapshot in a checksummed file, drops the entries it covers and old snapshot files", async () => {
     const dir = await dataDir();
-    let model = bootstrapState(["n1"]);
-    const storage = await LevelStorage.open(dir, model);
-    await storage.load();
-    const batch = {
-      hardState: { term: 2, vote: "n1", commit: 6 },
-      snapshot: null,
-      entries: [2, 3, 4, 5, 6].map((i) => entry(i, 2)),
-      mustSync: true,
-    };
-    await storage.persist(batch);
-    model = withBatch(model, batch);
+    const log = await committedLog(dir, 6);
+    const storage = log.storage;
+    let model = log.model;
     for (const index of [3, 5]) {
-      const snapshot = {
-        index,
-        term: 2,
-        config: { voters: ["n1"], learners: [] },
-        data: new TextEncoder().encode(`state@${index}`),
-      };
+      const snapshot = snapshotAt(index, 2, new TextEncoder().encode(`state@${index}`));
       await storage.saveSnapshot(snapshot);
       await storage.compact(snapshot);
       model = withSnapshot(model, snapshot);
@@ -139,16 +145,9 @@ describe("LevelStorage", () => {
 
   it("keeps a snapshot of several megabytes byte for byte", async () => {
     const dir = await dataDir();
-    const storage = await LevelStorage.open(dir, bootstrapState(["n1"]));
-    await storage.load();
-    await storage.persist({
-      hardState: { term: 2, vote: "n1", commit: 2 },
-      snapshot: null,
-      entries: [entry(2, 2)],
-      mustSync: true,
-    });
+    const { storage } = await committedLog(dir, 2);
     const data = randomBytes(3 * 1024 * 1024 + 7);
-    const snapshot = { index: 2, term: 2, config: { voters: ["n1"], learners: [] }, data };
+    const snapshot = snapshotAt(2, 2, data);
     await storage.saveSnapshot(snapshot);
     await storage.compact(snapshot);
     await storage.close();
@@ -159,23 +158,8 @@ describe("LevelStorage", () => {
 
   it("a saved snapshot not yet in force changes nothing, and its file goes at the next start", async () => {
     const dir = await dataDir();
-    let model = bootstrapState(["n1"]);
-    const storage = await LevelStorage.open(dir, model);
-    await storage.load();
-    const batch = {
-      hardState: { term: 2, vote: "n1", commit: 3 },
-      snapshot: null,
-      entries: [entry(2, 2), entry(3, 2)],
-      mustSync: true,
-    };
-    await storage.persist(batch);
-    model = withBatch(model, batch);
-    await storage.saveSnapshot({
-      index: 3,
-      term: 2,
-      config: { voters: ["n1"], learners: [] },
-      data: new Uint8Array([3]),
-    });
+    const { storage, model } = await committedLog(dir, 3);
+    await storage.saveSnapshot(snapshotAt(3, 2, new Uint8Array([3])));
     await storage.close();
     const { storage: reopened, state } = await reopen(dir);
     expect(plain(state)).toEqual(plain(model));
@@ -185,17 +169,10 @@ describe("LevelStorage", () => {
 
   it("a snapshot installed from the leader while an older one saves stays in force", async () => {
     const dir = await dataDir();
-    const storage = await LevelStorage.open(dir, bootstrapState(["n1", "n2"]));
-    await storage.load();
-    await storage.persist({
-      hardState: { term: 2, vote: "n1", commit: 3 },
-      snapshot: null,
-      entries: [entry(2, 2), entry(3, 2)],
-      mustSync: true,
-    });
-    const config = { voters: ["n1", "n2"], learners: [] };
-    const older = { index: 3, term: 2, config, data: new Uint8Array([3]) };
-    const installed = { index: 40, term: 4, config, data: new Uint8Array([40]) };
+    const voters = ["n1", "n2"];
+    const { storage } = await committedLog(dir, 3, voters);
+    const older = snapshotAt(3, 2, new Uint8Array([3]), voters);
+    const installed = snapshotAt(40, 4, new Uint8Array([40]), voters);
     await Promise.all([
       storage.saveSnapshot(older),
       storage.persist({
@@ -262,20 +239,8 @@ describe("LevelStorage", () => {
 
   it("refuses to start when the snapshot file is damaged", async () => {
     const dir = await dataDir();
-    const storage = await LevelStorage.open(dir, bootstrapState(["n1"]));
-    await storage.load();
-    await storage.persist({
-      hardState: { term: 2, vote: "n1", commit: 2 },
-      snapshot: null,
-      entries: [entry(2, 2)],
-      mustSync: true,
-    });
-    const snapshot = {
-      index: 2,
-      term: 2,
-      config: { voters: ["n1"], learners: [] },
-      data: new Uint8Array([1]),
-    };
+    const { storage } = await committedLog(dir, 2);
+    const snapshot = snapshotAt(2, 2, new Uint8Array([1]));
     await storage.saveSnapshot(snapshot);
     await storage.compact(snapshot);
     await storage.close();
