@@ -41,6 +41,7 @@ describe("fault campaigns against three real agents", () => {
       console.log(
         JSON.stringify({
           operations: report.operations,
+          checkMs: report.checkMs,
           faults: report.faults,
           counts: report.counts,
           locks: report.locks,

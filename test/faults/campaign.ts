@@ -1,3 +1,5 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { FaultCluster, nodeIds } from "./fault-cluster.js";
 import { type CheckResult, checkOperations, registerModel } from "./linearizability.js";
 import {
@@ -47,6 +49,8 @@ export interface CampaignReport {
   readonly counts: Record<string, number>;
   readonly faults: Partial<Record<FaultKind, number>>;
   readonly linearizability: CheckResult;
+  /** How long the linearizability check took, against its 60 s budget. */
+  readonly checkMs: number;
   /** A stale read that went back in time on one node, or null. */
   readonly staleViolation: string | null;
   readonly converged: { appliedIndex: number; hash: string };
@@ -169,7 +173,9 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
     const converged = await cluster.recover();
     const handover = lockWorkers > 0 ? await probeHandover(cluster) : null;
     history.push(...(await finalReads(cluster, keys)));
+    const checkStarted = performance.now();
     const linearizability = checkOperations(registerModel, history, { timeoutMs: 60_000 });
+    const checkMs = Math.round(performance.now() - checkStarted);
     const report: CampaignReport = {
       seed: options.seed,
       logs: null,
@@ -177,6 +183,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
       counts,
       faults,
       linearizability,
+      checkMs,
       staleViolation: checkStaleMonotonic(staleReads),
       converged,
       locks: lockResult === null ? null : { ...lockResult, handover },
@@ -198,6 +205,10 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
             },
     };
     keep = (options.keepFailed ?? true) && !campaignPassed(report);
+    if (keep) {
+      // The history replays through the checker offline; an unknown return is written as null.
+      writeFileSync(join(cluster.agents.root, "history.json"), JSON.stringify(history));
+    }
     return keep ? { ...report, logs: cluster.agents.root } : report;
   } catch (error) {
     throw new Error(`the run stopped; the agents' data and logs are in ${cluster.agents.root}`, {

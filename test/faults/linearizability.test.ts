@@ -305,6 +305,38 @@ describe("indeterminate operations", () => {
     expect(check(history, 1000)).toEqual({ result: "ok" });
   });
 
+  it("many timed-out deletes and a late read of a timed-out put are checked at once", () => {
+    // 30 deletes of unknown outcome, any subset of which may have landed anywhere, and a put
+    // of unknown outcome that must have landed after 30 acknowledged puts.
+    const history: Op[] = [];
+    for (let i = 0; i < 30; i++) history.push(del(i, "k", 0, Infinity));
+    history.push(put(30, "k", "late", 0, Infinity));
+    for (let j = 0; j < 30; j++) {
+      history.push(put(31, "k", `v${j}`, 10 * j + 1, 10 * j + 2));
+      history.push(read(32, "k", `v${j}`, 10 * j + 3, 10 * j + 4));
+    }
+    history.push(read(33, "k", "late", 1000, 1001));
+    expect(check(history)).toEqual({ result: "ok" });
+    history.push(read(33, "k", "v29", 1002, 1003));
+    expect(check(history)).toMatchObject({ result: "illegal" });
+  });
+
+  it("timed-out deletes each land at most once, wherever they are needed", () => {
+    const history: Op[] = [
+      put(1, "k", "a", 0, 1),
+      del(2, "k", 2, Infinity),
+      read(3, "k", null, 4, 5),
+      put(1, "k", "b", 6, 7),
+      read(3, "k", null, 8, 9),
+    ];
+    // One timed-out delete cannot empty the key twice.
+    expect(check(history)).toMatchObject({ result: "illegal" });
+    // A second one can, though it was called after the first.
+    expect(check([...history, del(4, "k", 3, Infinity)])).toEqual({ result: "ok" });
+    // One called only after the last read returned cannot be what that read saw.
+    expect(check([...history, del(4, "k", 10, Infinity)])).toMatchObject({ result: "illegal" });
+  });
+
   it("a timed-out put whose value a read saw still counts, before and after other writes", () => {
     const history: Op[] = [
       put(1, "k", "seen", 0, Infinity),

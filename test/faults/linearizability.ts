@@ -11,6 +11,13 @@
  * their call to the end of the search and may be linearized at any point after it (the model
  * steps them with `indeterminate = true`), or never: the search succeeds as soon as every
  * determinate operation is linearized.
+ *
+ * Two reductions keep indeterminate operations from multiplying the search's states, both
+ * sound because such an operation constrains nothing but its call time:
+ * - one whose step leaves the state unchanged is not linearized there: leaving it pending
+ *   allows everything linearizing it would;
+ * - of those with equal inputs, only the earliest called still pending is a candidate: any
+ *   linearization using a later one can use the earlier one in its place.
  */
 
 /** One completed (or indeterminate) operation of a history. Times are from one monotonic clock. */
@@ -129,6 +136,30 @@ function checkPartition<S, I, O>(
     if (opAt(i).return === Infinity) indeterminate[i] = 1;
     else remaining++;
   }
+  // Indeterminate operations grouped by input, each group in call order: `rank` is an
+  // operation's place in its group and `firstPending` the place of the group's next candidate.
+  const group = new Int32Array(n);
+  const rank = new Int32Array(n);
+  const groups = new Map<string, number>();
+  const groupSizes: number[] = [];
+  for (const e of sorted) {
+    if (e >= n || indeterminate[e] === 0) continue;
+    const input: string = JSON.stringify(opAt(e).input);
+    let g: number | undefined = groups.get(input);
+    if (g === undefined) {
+      g = groupSizes.length;
+      groups.set(input, g);
+      groupSizes.push(0);
+    }
+    group[e] = g;
+    rank[e] = groupSizes[g] as number;
+    groupSizes[g] = (groupSizes[g] as number) + 1;
+  }
+  const firstPending = new Int32Array(groupSizes.length);
+  const movePending = (e: number, by: number): void => {
+    const g: number = group[e] as number;
+    firstPending[g] = (firstPending[g] as number) + by;
+  };
   // Zobrist hashing: the hash of the linearized set is updated in O(1) per step.
   const zobrist = new Uint32Array(n);
   for (let i = 0; i < n; i++) zobrist[i] = mix32(i + 0x9e3779b9);
@@ -153,8 +184,10 @@ function checkPartition<S, I, O>(
   const cache = new Map<number, CacheEntry[]>();
   const stackEntry = new Int32Array(n);
   const stackState: S[] = [];
+  const stackKey: string[] = [];
   let depth = 0;
   let state: S = model.init();
+  let stateKey: string = model.key(state);
   let setHash = 0;
   let stuck: Stuck | undefined;
   let steps = 0;
@@ -167,20 +200,28 @@ function checkPartition<S, I, O>(
     if (entry < n) {
       const op: Operation<I, O> = opAt(entry);
       const unknown: boolean = indeterminate[entry] === 1;
+      if (unknown && rank[entry] !== firstPending[group[entry] as number]) {
+        entry = next[entry] as number;
+        continue;
+      }
       const nextState: S | undefined = model.step(state, op.input, op.output, unknown);
-      if (nextState !== undefined) {
+      const nextKey: string | undefined =
+        nextState === undefined ? undefined : model.key(nextState);
+      if (nextKey !== undefined && !(unknown && nextKey === stateKey)) {
         const word: number = entry >>> 5;
         const bit: number = 1 << (entry & 31);
         bits[word] = (bits[word] as number) | bit;
-        const nextKey: string = model.key(nextState);
         const nextSetHash: number = (setHash ^ (zobrist[entry] as number)) >>> 0;
         if (remember(cache, (nextSetHash ^ hashString(nextKey)) >>> 0, nextKey, bits)) {
           stackEntry[depth] = entry;
           stackState[depth] = state;
+          stackKey[depth] = stateKey;
           depth++;
-          state = nextState;
+          state = nextState as S;
+          stateKey = nextKey;
           setHash = nextSetHash;
-          if (!unknown) remaining--;
+          if (unknown) movePending(entry, 1);
+          else remaining--;
           lift(entry);
           entry = next[head] as number;
           continue;
@@ -198,7 +239,7 @@ function checkPartition<S, I, O>(
         stuck = {
           depth,
           recent: Array.from(stackEntry.subarray(Math.max(0, depth - recentShown), depth)),
-          stateKey: model.key(state),
+          stateKey,
           blocking: entry - n,
           candidates,
         };
@@ -214,10 +255,12 @@ function checkPartition<S, I, O>(
       depth--;
       entry = stackEntry[depth] as number;
       state = stackState[depth] as S;
+      stateKey = stackKey[depth] as string;
       const word: number = entry >>> 5;
       bits[word] = (bits[word] as number) & ~(1 << (entry & 31));
       setHash = (setHash ^ (zobrist[entry] as number)) >>> 0;
-      if (indeterminate[entry] === 0) remaining++;
+      if (indeterminate[entry] === 1) movePending(entry, -1);
+      else remaining++;
       unlift(entry);
       entry = next[entry] as number;
     }

@@ -22,6 +22,12 @@ export interface WorkloadResult {
 }
 
 const requestTimeoutMs = 2000;
+/** How long a client waits after a node refused it, rather than spin while the node is down. */
+const refusedBackoffMs = 10;
+
+function backOff(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, refusedBackoffMs));
+}
 
 /** Each key is a service with one instance, "x", whose `version` carries the value. */
 function servicePath(key: string): string {
@@ -48,6 +54,21 @@ async function send(address: string, method: string, path: string, body?: unknow
     body: text === "" ? {} : (JSON.parse(text) as Record<string, unknown>),
     index: Number(response.headers.get("x-muster-index") ?? "-1"),
   } satisfies Answer;
+}
+
+/**
+ * Whether a request failed because no connection could be made (the node was down): nothing
+ * was sent, so the operation certainly did not take effect.
+ */
+export function refused(error: unknown): boolean {
+  return (error as { cause?: { code?: unknown } } | null)?.cause?.code === "ECONNREFUSED";
+}
+
+/** The answer; null when the outcome is unknown; "refused" when nothing was sent. */
+function attempt(address: string, method: string, path: string, body?: unknown) {
+  return send(address, method, path, body).catch((error: unknown) =>
+    refused(error) ? ("refused" as const) : null,
+  );
 }
 
 /** The value a read of a key's service saw: the version of its instance "x", or null. */
@@ -95,12 +116,17 @@ export async function runRegistryWorkload(
       if (roll < 0.35) {
         const value = `c${clientId}-${sequence++}`;
         const input: RegisterInput = { op: "put", key, value };
-        const answer = await send(address, "PUT", `${servicePath(key)}/instances/x`, {
+        const answer = await attempt(address, "PUT", `${servicePath(key)}/instances/x`, {
           address: "127.0.0.1",
           port: 1,
           version: value,
           ttl: "1h",
-        }).catch(() => null);
+        });
+        if (answer === "refused") {
+          count("put refused");
+          await backOff();
+          continue;
+        }
         const done = answer?.status === 200;
         if (answer !== null && answer.status >= 400 && answer.status < 500)
           throw new Error(`put answered ${answer.status}: ${JSON.stringify(answer.body)}`);
@@ -113,10 +139,13 @@ export async function runRegistryWorkload(
         });
         count(done ? "put ok" : "put unknown");
       } else if (roll < 0.5) {
-        const answer = await send(address, "DELETE", `${servicePath(key)}/instances/x`).catch(
-          () => null,
-        );
+        const answer = await attempt(address, "DELETE", `${servicePath(key)}/instances/x`);
         const end = performance.now();
+        if (answer === "refused") {
+          count("delete refused");
+          await backOff();
+          continue;
+        }
         if (answer?.status === 404) {
           // Refused at apply time because there was nothing to remove: a read of "absent".
           history.push({
@@ -142,12 +171,17 @@ export async function runRegistryWorkload(
         const consistency = roll < 0.7 ? "linearizable" : roll < 0.9 ? "default" : "stale";
         // The process that answers is the one running when the read is sent.
         const incarnation = options.incarnation(node);
-        const answer = await send(
+        const answer = await attempt(
           address,
           "GET",
           `${servicePath(key)}?consistency=${consistency}`,
-        ).catch(() => null);
+        );
         const end = performance.now();
+        if (answer === "refused") {
+          count(`read ${consistency} refused`);
+          await backOff();
+          continue;
+        }
         if (answer === null || (answer.status !== 200 && answer.status !== 404)) {
           count(`read ${consistency} failed`);
           continue;
