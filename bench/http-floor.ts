@@ -1,12 +1,13 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { type WatcherGroup, watchAll, watchBlocking } from "./watchers.js";
+import { type WatcherGroup, watchAll, watchBlocking, watchStream } from "./watchers.js";
 
 /**
- * The floor under the blocking-query watch latency: the same watchers and load tool against
- * bare node:http servers, one process per agent, that park each query and answer all of
- * them from memory, with an agent's answer body, when told the index moved. No routing,
- * validation, Raft or registry: what is left is node:http, the load tool and the machine.
+ * The floors under the watch latency: the same watchers and load tool against bare
+ * node:http servers, one process per agent, that park each query (or hold each stream) and
+ * answer all of them from memory, with an agent's answer body, when told the index moved.
+ * No routing, validation, Raft or registry: what is left is node:http, the load tool and the
+ * machine.
  */
 
 const serverScript = fileURLToPath(new URL("./http-floor-server.ts", import.meta.url));
@@ -57,6 +58,7 @@ async function raiseIndex(addresses: readonly string[]): Promise<{ index: number
  * changes after `warmup` unmeasured ones.
  */
 export async function httpFloorLatencies(options: {
+  kind: "blocking" | "stream";
   servers: number;
   watcherCount: number;
   changes: number;
@@ -69,9 +71,12 @@ export async function httpFloorLatencies(options: {
     const addresses: string[] = [];
     for (let n = 0; n < options.servers; n++)
       addresses.push(await startServer(options.body, children));
-    group = watchAll(options.watcherCount, 1, (watcher, n) =>
-      watchBlocking(watcher, addresses[n % addresses.length] as string, "/watched"),
-    );
+    group = watchAll(options.watcherCount, 1, (watcher, n) => {
+      const address = addresses[n % addresses.length] as string;
+      return options.kind === "blocking"
+        ? watchBlocking(watcher, address, "/watched")
+        : watchStream(watcher, address, "/stream");
+    });
     const { watchers, until } = group;
     const latencies: number[] = [];
     for (let change = 0; change < options.warmup + options.changes; change++) {
