@@ -1,5 +1,6 @@
 import { fileURLToPath } from "node:url";
 import protobuf from "protobufjs";
+import { assert } from "../core/assert.js";
 import type {
   ConfChange,
   ConfigState,
@@ -33,6 +34,11 @@ const types = {
   logMeta: root.lookupType("muster.raft.v1.LogMeta"),
   summary: root.lookupType("muster.raft.v1.StreamSummary"),
 };
+const snapshotDataField: number = (() => {
+  const field = types.snapshot.fields.data;
+  assert(field !== undefined, "the Snapshot message has no data field");
+  return field.id;
+})();
 const decodeOptions: protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true };
 
 const messageTypes: Record<MessageType, string> = {
@@ -202,7 +208,7 @@ export function decodeEntry(bytes: Uint8Array): Entry {
 export function encodeSnapshotParts(snapshot: Snapshot): Uint8Array[] {
   const rest = types.snapshot.encode(types.snapshot.fromObject(snapshotToWire(snapshot, false)));
   const dataKey = protobuf.Writer.create()
-    .uint32(((types.snapshot.fields.data?.id ?? 0) << 3) | 2)
+    .uint32((snapshotDataField << 3) | 2)
     .uint32(snapshot.data.length);
   return [rest.finish(), dataKey.finish(), snapshot.data];
 }
