@@ -14,6 +14,7 @@ import {
   nodeIds,
   patterns,
   pool,
+  productTimingArgs,
   registrationVerdict,
   samples,
   settled,
@@ -624,7 +625,7 @@ let before: { appliedIndex: number; hash: string };
 let leaderBefore: Record<string, string>;
 
 beforeAll(async () => {
-  cluster = await startCluster();
+  cluster = await startCluster(productTimingArgs);
   clients = nodeIds.map(
     (id) =>
       new grpc.Client(cluster.get(id).grpc, grpc.credentials.createInsecure(), {

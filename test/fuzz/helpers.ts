@@ -53,6 +53,13 @@ export function prng(seed: number): () => number {
  */
 export const quietArgs = ["--ttl-checkpoint-interval=1h", "--deregister-after=1h"];
 
+/**
+ * The product's default heartbeat and election timeout, for fuzzers that count an answer of
+ * "unavailable" as a failure: they test answers to hostile input, not failover, and a busy
+ * machine's stalls of a few hundred ms must not cost the leader its lease.
+ */
+export const productTimingArgs = ["--heartbeat-interval=50ms", "--election-timeout=500ms"];
+
 /** A three-node cluster with an agreed leader, every member's addresses recorded. */
 export async function startCluster(args: readonly string[] = []): Promise<AgentCluster> {
   const cluster = await AgentCluster.create({ args: [...quietArgs, ...args] });

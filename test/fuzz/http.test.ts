@@ -20,6 +20,7 @@ import {
   poisoned,
   pool,
   prng,
+  productTimingArgs,
   registrationVerdict,
   samples,
   settled,
@@ -1376,7 +1377,7 @@ let leaderBefore: Record<string, string>;
 const sent = { rejected: 0, raw: 0, registrations: 0, sessions: 0 };
 
 beforeAll(async () => {
-  cluster = await startCluster();
+  cluster = await startCluster(productTimingArgs);
   const leader = await cluster.leader();
   const registered = await cluster.request(
     leader,

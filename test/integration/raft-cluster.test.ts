@@ -191,13 +191,18 @@ describe("a cluster of three muster agents", () => {
       }
     })();
     cluster.start("n4", [`--join=${cluster.get(leader).http}`]);
-    await eventually("n4 promoted to voter", async () => {
-      const members = await cluster.request(leader, "GET", "/v1/cluster/members");
-      const entry = (members.body.members as { id: string; voter: boolean }[]).find(
-        (m) => m.id === "n4",
-      );
-      return entry?.voter === true ? true : undefined;
-    });
+    // A new agent's start alone (loading its sources) takes seconds on a busy machine.
+    await eventually(
+      "n4 promoted to voter",
+      async () => {
+        const members = await cluster.request(leader, "GET", "/v1/cluster/members");
+        const entry = (members.body.members as { id: string; voter: boolean }[]).find(
+          (m) => m.id === "n4",
+        );
+        return entry?.voter === true ? true : undefined;
+      },
+      30_000,
+    );
     const removed = ids.find((id) => id !== leader) ?? "n2";
     const removal = await cluster.request(leader, "DELETE", `/v1/cluster/members/${removed}`);
     expect(removal.status, JSON.stringify(removal.body)).toBe(200);
