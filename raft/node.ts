@@ -161,11 +161,14 @@ export class RaftNode<Result> {
     return this.core.replicationStatus();
   }
 
-  /** Milliseconds since this node last heard from its leader: 0 on the leader, null if never. */
+  /**
+   * Milliseconds since this node last heard from a leader, also while it knows of none (an
+   * election, a partition): 0 on the leader, null if never.
+   */
   lastLeaderContactMs(): number | null {
     const status = this.core.status();
     if (status.role === "leader") return 0;
-    if (status.leader === null || this.leaderContactAt === null) return null;
+    if (this.leaderContactAt === null) return null;
     return Math.round(performance.now() - this.leaderContactAt);
   }
 

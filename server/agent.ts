@@ -73,6 +73,27 @@ export type Consistency = "stale" | "default" | "linearizable";
  * One `muster agent`: Raft over LevelDB and gRPC, the registry state machine, and the HTTP
  * API. Any node takes any request; writes that reach a follower are forwarded to the leader.
  */
+/** `GET /v1/cluster/leader`. */
+export interface LeaderInfo {
+  readonly leader: { id: string; raft: string | null; http: string | null } | null;
+  readonly term: number;
+}
+
+/** `GET /v1/cluster/members`. */
+export interface MembersInfo {
+  readonly term: number;
+  readonly commitIndex: number;
+  readonly members: readonly {
+    id: string;
+    raft: string | null;
+    http: string | null;
+    grpc: string | null;
+    dns: string | null;
+    role: "leader" | "follower" | "learner";
+    voter: boolean;
+  }[];
+}
+
 export class Agent {
   readonly fsm = new RegistryStateMachine();
   readonly watches = new Watches();
@@ -124,6 +145,7 @@ export class Agent {
         return counts;
       },
       () => this.transport.counters,
+      () => this.lessor.isLeading && this.lessor.selfPreservation().engaged,
     );
     this.lessor = new Lessor(this.fsm, {
       // Election timeouts are randomized up to twice the configured one.
@@ -139,7 +161,6 @@ export class Agent {
       wallClock: () => Date.now(),
       propose: (command) => this.propose(command),
       onSelfPreservation: (engaged, atRisk, total) => {
-        this.metrics.selfPreservation.set(engaged ? 1 : 0);
         this.logger.warn(
           {
             event: engaged ? "self-preservation-engaged" : "self-preservation-released",
@@ -329,6 +350,7 @@ export class Agent {
       registry: dnsView,
       lastLeaderContactMs: () => this.node.lastLeaderContactMs(),
     });
+    this.fsm.onMembers(() => this.syncPeers());
     this.fsm.onChange((service) => {
       if (service === null) this.syncPeers();
       this.watches.changed(service);
@@ -839,7 +861,7 @@ export class Agent {
       .sort((a, b) => b.match - a.match)[0]?.id;
   }
 
-  leaderInfo(): unknown {
+  leaderInfo(): LeaderInfo {
     const status = this.node.status();
     const leader = status.leader === null ? undefined : this.fsm.member(status.leader);
     return {
@@ -895,7 +917,7 @@ export class Agent {
     return request.headers[forwardedHeader] === undefined && this.forwardedByMember(request);
   }
 
-  membersInfo(): unknown {
+  membersInfo(): MembersInfo {
     const status = this.node.status();
     const ids = [...status.config.voters, ...status.config.learners];
     return {
@@ -918,6 +940,20 @@ export class Agent {
           voter: status.config.voters.includes(id),
         };
       }),
+    };
+  }
+
+  /** The cluster at a glance: leader, members, indexes and self-preservation. */
+  clusterInfo(): LeaderInfo &
+    MembersInfo & {
+      appliedIndex: number;
+      selfPreservation: SelfPreservationState;
+    } {
+    return {
+      ...this.leaderInfo(),
+      ...this.membersInfo(),
+      appliedIndex: this.appliedIndex(),
+      selfPreservation: this.lessor.selfPreservation(),
     };
   }
 

@@ -426,9 +426,11 @@ export class Lessor {
     const evict: InstanceRef[] = [];
     for (const [key, instance] of this.expired) {
       if (this.reviving.has(key)) continue;
-      const since = wall - (instance.expiredAt as number);
-      if (since < instance.ttlMs) atRisk++;
-      if (since >= this.options.deregisterAfterMs) evict.push(instance);
+      // At risk until it is removed or heartbeats again: self-preservation holds while most
+      // instances stay critical, and releases when they come back.
+      atRisk++;
+      if (wall - (instance.expiredAt as number) >= this.options.deregisterAfterMs)
+        evict.push(instance);
     }
     const revive: RegistryCommand[] = [];
     for (const key of this.reviving) {
@@ -459,7 +461,6 @@ export class Lessor {
       this.lastCheckpoint = now;
       this.checkpoint(now);
     }
-    if (this.evictionsStopped()) return;
     if (expire.length > 0 && !this.inFlight.has("expire")) {
       for (const ref of expire) {
         const lease = this.leases.get(keyOf(ref));
@@ -469,7 +470,10 @@ export class Lessor {
       const instances = expire.map((i) => ({ ...refOf(i), modifyIndex: i.modifyIndex }));
       this.submit("expire", [{ op: "expire", instances, now: wall }]);
     }
-    if (evict.length > 0) this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
+    // Self-preservation holds back removals only: a lapsed TTL still turns critical, since a
+    // critical instance is never reported as passing.
+    if (evict.length > 0 && !this.evictionsStopped())
+      this.submit("evict", [{ op: "evict", instances: evict.map(refOf) }]);
   }
 
   /**

@@ -41,17 +41,14 @@ export class Metrics {
     labelNames: ["resource"] as const,
     registers: [this.registry],
   });
-  readonly selfPreservation = new Gauge({
-    name: "muster_self_preservation_engaged",
-    help: "1 while the leader has stopped evicting because too many instances are at risk",
-    registers: [this.registry],
-  });
 
   constructor(
     raft: () => { term: number; commit: number; applied: number; leader: boolean },
     watchers: () => number,
     instancesByStatus: () => Record<string, number>,
     transport: () => TransportCounters,
+    /** Whether this node leads and has stopped evicting (engaged on its own, or forced on). */
+    evictionsStopped: () => boolean,
   ) {
     new Gauge({
       name: "muster_instances",
@@ -77,6 +74,11 @@ export class Metrics {
     gauge("muster_raft_applied_index", "Index applied to the registry", () => raft().applied);
     gauge("muster_raft_is_leader", "1 on the leader", () => (raft().leader ? 1 : 0));
     gauge("muster_watchers", "Blocking queries and watch streams waiting", watchers);
+    gauge(
+      "muster_self_preservation_engaged",
+      "1 on the leader while self-preservation holds evictions back (engaged or forced on)",
+      () => (evictionsStopped() ? 1 : 0),
+    );
     // The transport keeps plain counts: copied at each scrape.
     const counter = (name: string, help: string, read: () => number) =>
       new Counter({

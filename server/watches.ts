@@ -5,7 +5,9 @@ interface Waiter {
 
 /**
  * Blocking queries and watch streams, per service: a change to one service wakes the
- * watchers of that service and of the service list, and nobody else.
+ * watchers of that service and of the service list, and nobody else. Locks and elections
+ * are watched under their keys ("lock:<name>", "election:<name>"), which no service name
+ * can be: a change to one wakes its own watchers only.
  */
 export class Watches {
   private readonly byService = new Map<string, Set<Waiter>>();
@@ -54,7 +56,8 @@ export class Watches {
     const woken = services.has(null)
       ? [...this.byService.values()].flatMap((set) => [...set])
       : [...services].flatMap((service) => [...(this.byService.get(service as string) ?? [])]);
-    for (const waiter of [...woken, ...this.listWaiters]) waiter.wake();
+    const listChanged = [...services].some((service) => service === null || !service.includes(":"));
+    for (const waiter of listChanged ? [...woken, ...this.listWaiters] : woken) waiter.wake();
   }
 
   /** How many are waiting, for metrics. */

@@ -319,6 +319,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
   private readonly instanceListeners = new Set<
     (ref: InstanceRef, instance: Instance | undefined) => void
   >();
+  private readonly memberListeners = new Set<() => void>();
   private instanceCount = 0;
   /** Sessions and locks; a lock's watchers are woken under the key "lock:<name>". */
   readonly locks = new LockTable((key) => this.notify(key, this.state.appliedIndex));
@@ -334,7 +335,7 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
     switch (command.op) {
       case "member":
         this.state.members.set(command.member.id, command.member);
-        this.notify(null, index);
+        for (const listener of this.memberListeners) listener();
         return { ok: true };
       case "register":
         return this.register(command.instance, command.now, index);
@@ -670,10 +671,19 @@ export class RegistryStateMachine implements StateMachine<RegistryResult> {
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  /** Called after each change with the service changed (null: the member list). */
+  /**
+   * Called after each change with the service, lock or election changed (null: anything may
+   * have changed, as after a snapshot restore or an ACL change).
+   */
   onChange(listener: (service: string | null, index: number) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** Called after a member's addresses are recorded; a restore calls onChange's with null. */
+  onMembers(listener: () => void): () => void {
+    this.memberListeners.add(listener);
+    return () => this.memberListeners.delete(listener);
   }
 
   /**

@@ -121,6 +121,10 @@ export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): Fa
 
   app.register(async (scope) => {
     const cluster = scope.withTypeProvider<TypeBoxTypeProvider>();
+    // As the leader sees it, self-preservation included.
+    cluster.get("/v1/cluster", async (request, reply) =>
+      agent.forwardUnlessLeader(request, reply, async () => agent.clusterInfo()),
+    );
     cluster.get("/v1/cluster/leader", async () => agent.leaderInfo());
     cluster.get("/v1/cluster/members", async () => agent.membersInfo());
     cluster.get("/v1/cluster/state-hash", async () => agent.stateHash());
@@ -171,6 +175,7 @@ export function buildHttpApp(agent: Agent, https: HttpsServerOptions | null): Fa
     health.get("/docs", { schema: { hide: true } }, async () => app.swagger());
     health.get("/readyz", async (_request, reply) => {
       const ready = agent.isReady();
+      if (!ready.ok) reply.header("Retry-After", "1");
       return reply.code(ready.ok ? 200 : 503).send(ready);
     });
   });

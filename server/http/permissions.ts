@@ -39,6 +39,7 @@ export const routeAccess: Readonly<Record<string, RouteAccess>> = {
   "GET /v1/elections/:name": on("election", "read", "name"),
   "GET /v1/watch/elections/:name": on("election", "read", "name"),
 
+  "GET /v1/cluster": on("cluster", "read"),
   "GET /v1/cluster/leader": "open",
   "GET /v1/cluster/members": on("cluster", "read"),
   "GET /v1/cluster/state-hash": on("cluster", "read"),

@@ -255,11 +255,15 @@ export function registryRoutes(agent: Agent) {
       { schema: { params: ServiceParams, querystring: WatchQuery } },
       async (request, reply) => {
         const { service } = request.params;
-        // The first event reflects every write acknowledged before the watch began.
-        await agent.read("default");
+        // The first event reflects every write acknowledged before the watch began (unless
+        // the watch asked for this node's own state).
+        await agent.read(request.query.consistency ?? "default");
         const resumeFrom = Number(request.headers["last-event-id"] ?? request.query.index ?? -1);
         const release = agent.watchQuota.enter(clientOf(request));
-        const stream = openEventStream(reply, agent.stalenessHeaders());
+        const stream = openEventStream(reply, {
+          ...agent.stalenessHeaders(),
+          "X-Muster-Index": String(views.get(service, request.query).index),
+        });
         let sent = Number.isFinite(resumeFrom) ? resumeFrom : -1;
         try {
           while (!stream.gone.aborted) {

@@ -83,6 +83,7 @@ export const ServiceQuery = Type.Object(
 
 export const WatchQuery = Type.Object(
   {
+    consistency: ConsistencyField,
     index: Type.Optional(Type.Integer({ minimum: 0 })),
     healthy: Type.Optional(Type.Boolean()),
     tag: Type.Optional(Type.Array(Type.String({ pattern: labelPattern }), { maxItems: 16 })),

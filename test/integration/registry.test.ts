@@ -52,6 +52,16 @@ async function lookup(via: string, service: string, query = "consistency=stale")
   return answer.body.instances as InstanceView[];
 }
 
+/** Each node's muster_self_preservation_engaged, in the order of `ids`. */
+async function engagedGauges(): Promise<number[]> {
+  return Promise.all(
+    ids.map(async (id) => {
+      const text = await (await fetch(`http://${cluster.get(id).http}/metrics`)).text();
+      return Number(/^muster_self_preservation_engaged (\d+)$/m.exec(text)?.[1] ?? Number.NaN);
+    }),
+  );
+}
+
 async function statusOf(via: string, service: string, id: string): Promise<string> {
   const found = (await lookup(via, service)).find((instance) => instance.id === id);
   return found?.status ?? "gone";
@@ -208,7 +218,7 @@ describe("registry over HTTP on a three-node cluster", () => {
     expect(critical - lastHeartbeat).toBeLessThanOrEqual(bound + 1500);
   });
 
-  it("self-preservation stops evictions when most instances go silent at once, and releases", async () => {
+  it("self-preservation stops evictions, never reporting a critical instance as passing, when most instances go silent at once, and releases", async () => {
     const refs = Array.from({ length: 12 }, (_, i) => ({ service: "web", id: `i${i}` }));
     for (const ref of refs) await register("n1", ref.service, ref.id);
     const steady = heartbeater(refs.slice(0, 3), ttlMs / 4);
@@ -220,9 +230,10 @@ describe("registry over HTTP on a three-node cluster", () => {
       ttlMs + 2000,
     );
     expect(engaged).toMatchObject({ mode: "auto", total: 12 });
-    await sleep(ttlMs + 1000);
-    const statuses = new Set(await Promise.all(refs.map((r) => statusOf("n3", r.service, r.id))));
-    expect([...statuses]).toEqual(["passing"]);
+    // Past the TTL and deregisterAfter: the silent ones are critical, and still registered.
+    await sleep(ttlMs + deregisterAfterMs + 1500);
+    const statuses = await Promise.all(refs.map((r) => statusOf("n3", r.service, r.id)));
+    expect(statuses).toEqual([...Array(3).fill("passing"), ...Array(9).fill("critical")]);
     const leader = await cluster.leader();
     const gauge = await (await fetch(`http://${cluster.get(leader).http}/metrics`)).text();
     expect(gauge).toMatch(/^muster_self_preservation_engaged 1$/m);
@@ -231,6 +242,14 @@ describe("registry over HTTP on a three-node cluster", () => {
     await eventually(
       "self-preservation to release",
       async () => ((await preservation()).engaged === false ? true : undefined),
+      ttlMs + 2000,
+    );
+    await eventually(
+      "every instance passing again",
+      async () => {
+        const back = await Promise.all(refs.map((r) => statusOf("n3", r.service, r.id)));
+        return back.every((status) => status === "passing") ? true : undefined;
+      },
       ttlMs + 2000,
     );
     await all.stop();
@@ -255,6 +274,24 @@ describe("registry over HTTP on a three-node cluster", () => {
     expect(
       (await cluster.request("n1", "GET", "/v1/cluster/self-preservation")).body,
     ).toMatchObject({ mode: "off", engaged: false });
+    expect(await engagedGauges()).toEqual([0, 0, 0]);
+  });
+
+  it("an operator can force self-preservation on: silent instances turn critical but stay, and the leader's gauge says so", async () => {
+    const on = await cluster.request("n2", "PUT", "/v1/cluster/self-preservation", { mode: "on" });
+    expect(on.status, JSON.stringify(on.body)).toBe(200);
+    const leader = await cluster.leader();
+    const expected = ids.map((id) => (id === leader ? 1 : 0));
+    await eventually(
+      "the leader's gauge to read 1",
+      async () =>
+        JSON.stringify(await engagedGauges()) === JSON.stringify(expected) ? true : undefined,
+      5000,
+    );
+    await register("n1", "web", "silent");
+    await sleep(ttlMs + deregisterAfterMs + 1500);
+    expect(await statusOf("n3", "web", "silent")).toBe("critical");
+    expect(await engagedGauges()).toEqual(expected);
   });
 
   it("a blocking query answers a change promptly, and is not woken by another service", async () => {
@@ -345,4 +382,56 @@ describe("registry over HTTP on a three-node cluster", () => {
       expect(seen.map((i) => i.id)).toContain(`r${round}`);
     }
   });
+
+  it("without a quorum a node says how long since it heard a leader, and opens stale watches only", async () => {
+    await register("n1", "web", "w1");
+    await cluster.converged();
+    const index = (await cluster.request("n3", "GET", "/v1/services/web")).body.index as number;
+    const opened = await openWatch("n3", "web", "");
+    expect(opened.status).toBe(200);
+    expect(opened.headers.get("x-muster-index")).toBe(String(index));
+    opened.close();
+
+    for (const id of ["n1", "n2"]) await cluster.kill(id, "SIGKILL");
+    const contact = async () => {
+      const answer = await fetch(
+        `http://${cluster.get("n3").http}/v1/services/web?consistency=stale`,
+      );
+      expect(answer.status).toBe(200);
+      return {
+        leader: answer.headers.get("x-muster-known-leader"),
+        ms: Number(answer.headers.get("x-muster-last-contact")),
+      };
+    };
+    const lost = await eventually("n3 to know of no leader", async () => {
+      const seen = await contact();
+      return seen.leader === "false" ? seen : undefined;
+    });
+    // Counting from the last contact, not "never".
+    expect(lost.ms).toBeGreaterThanOrEqual(0);
+    await sleep(1000);
+    expect((await contact()).ms).toBeGreaterThanOrEqual(lost.ms + 900);
+
+    const stale = await openWatch("n3", "web", "?consistency=stale");
+    expect(stale.status).toBe(200);
+    expect(stale.headers.get("x-muster-index")).toBe(String(index));
+    stale.close();
+    const fresh = await openWatch("n3", "web", "");
+    expect(fresh.status).toBe(503);
+    fresh.close();
+  });
 });
+
+/** Opens a watch stream and returns once its headers are in; close() ends it. */
+async function openWatch(via: string, service: string, query: string) {
+  const abort = new AbortController();
+  const response = await fetch(
+    `http://${cluster.get(via).http}/v1/watch/services/${service}${query}`,
+    { signal: AbortSignal.any([abort.signal, AbortSignal.timeout(15_000)]) },
+  );
+  return {
+    status: response.status,
+    headers: response.headers,
+    close: () => abort.abort(),
+  };
+}

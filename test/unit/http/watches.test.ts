@@ -40,6 +40,25 @@ describe("Watches", () => {
     expect(watches.size).toBe(0);
   });
 
+  it("wakes a lock's watchers on its change, and neither the service list's nor a service's", async () => {
+    const watches = new Watches();
+    const never = new AbortController().signal;
+    const seen: string[] = [];
+    const park = (name: string, key: string | null) =>
+      watches.next(key, never).then(() => seen.push(name));
+    void park("lock", "lock:jobs");
+    void park("election", "election:jobs");
+    void park("list", null);
+    void park("web", "web");
+    watches.changed("lock:jobs");
+    await nextTurn();
+    expect(seen).toEqual(["lock"]);
+    watches.changed("election:jobs");
+    await nextTurn();
+    expect(seen).toEqual(["lock", "election"]);
+    expect(watches.size).toBe(2);
+  });
+
   it("wakes a watcher once for several changes in one turn, and at once when its signal aborts", async () => {
     const watches = new Watches();
     let wakes = 0;

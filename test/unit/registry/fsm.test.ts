@@ -18,6 +18,19 @@ describe("registry state machine", () => {
     expect(log.fsm.instances("web").index).toBe(2);
   });
 
+  it("tells member listeners of a member's addresses, and wakes no service's watchers for it", () => {
+    const log = new Log();
+    const changes: (string | null)[] = [];
+    let members = 0;
+    log.fsm.onChange((service) => changes.push(service));
+    log.fsm.onMembers(() => members++);
+    log.apply({ op: "member", member: { id: "n4", raft: "r", http: "h", grpc: "g", dns: "d" } });
+    expect(members).toBe(1);
+    expect(changes).toEqual([]);
+    log.apply({ op: "register", instance: spec("web", "a"), now: 1000 });
+    expect(changes).toEqual(["web"]);
+  });
+
   it("an expired TTL shows as critical but keeps the reported status, and a heartbeat revives it", () => {
     const log = new Log();
     log.apply({ op: "register", instance: { ...spec("web", "a"), status: "warning" }, now: 0 });

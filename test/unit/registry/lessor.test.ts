@@ -327,23 +327,27 @@ describe("TTL lessor", () => {
     expect((critical ?? 0) - lastHeartbeat).toBeLessThanOrEqual(bound + tickMs);
   });
 
-  it("self-preservation stops expiry when most instances go silent at once, and releases when they return", async () => {
+  it("self-preservation stops removals, not expiry, when most instances go silent at once, and releases when they return", async () => {
     const bench = new Bench();
     const lessor = bench.lessor;
     lessor.becomeLeader();
     const refs = Array.from({ length: 20 }, (_, i) => bench.register(lessor, "web", `i${i}`));
     const steady = refs.slice(0, 6);
+    const silent = refs.slice(6);
     await bench.run(lessor, 2000, refs);
-    // 14 of 20 stop heartbeating.
-    await bench.run(lessor, 3 * ttlMs, steady);
+    // 14 of 20 stop heartbeating, for longer than their TTL and deregisterAfter together.
+    await bench.run(lessor, ttlMs + deregisterAfterMs + 5000, steady);
     expect(bench.preservation).toEqual([true]);
     expect(lessor.selfPreservation()).toMatchObject({ engaged: true, total: 20, atRisk: 14 });
-    expect(refs.every((ref) => bench.status(ref) === "passing")).toBe(true);
-    expect(bench.proposed.some((command) => command.op === "expire")).toBe(false);
-    // They come back: released, nothing was evicted.
+    // Critical, never reported as passing; but none removed.
+    expect(silent.map((ref) => bench.status(ref))).toEqual(silent.map(() => "critical"));
+    expect(steady.every((ref) => bench.status(ref) === "passing")).toBe(true);
+    expect(bench.proposed.some((command) => command.op === "evict")).toBe(false);
+    // They come back: passing again, released, nothing was evicted.
     await bench.run(lessor, 2000, refs);
     expect(bench.preservation).toEqual([true, false]);
     expect(refs.every((ref) => bench.status(ref) === "passing")).toBe(true);
+    expect(bench.proposed.some((command) => command.op === "evict")).toBe(false);
   });
 
   it("never engages below the minimum number of instances, and obeys the operator's override", async () => {
@@ -366,8 +370,8 @@ describe("TTL lessor", () => {
     forcedOn.log.apply({ op: "self-preservation", mode: "on" });
     forcedOn.lessor.becomeLeader();
     const one = forcedOn.register(forcedOn.lessor, "web", "a");
-    await forcedOn.run(forcedOn.lessor, ttlMs + 500);
-    expect(forcedOn.status(one)).toBe("passing");
+    await forcedOn.run(forcedOn.lessor, ttlMs + deregisterAfterMs + 1000);
+    expect(forcedOn.status(one)).toBe("critical");
     expect(forcedOn.lessor.selfPreservation()).toMatchObject({ mode: "on", engaged: true });
   });
 
@@ -396,10 +400,10 @@ describe("TTL lessor", () => {
         const expected = () =>
           listAll
             .call(bench.log.fsm)
-            .filter((instance) =>
-              instance.expiredAt === null
-                ? bench.now - (renewedAt.get(instance.id) as number) >= instance.ttlMs / 2
-                : 1_000_000 + bench.now - instance.expiredAt < instance.ttlMs,
+            .filter(
+              (instance) =>
+                instance.expiredAt !== null ||
+                bench.now - (renewedAt.get(instance.id) as number) >= instance.ttlMs / 2,
             ).length;
         for (const step of actions) {
           const ref = { service: "web", id: `i${"id" in step ? step.id : 0}` };
