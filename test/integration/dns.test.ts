@@ -13,11 +13,12 @@ beforeAll(async () => {
   cluster = await AgentCluster.create();
   await cluster.bootstrap(ids);
   await cluster.leader();
+  // Nothing heartbeats here: TTLs long enough for the whole file.
   const instances: [string, Record<string, unknown>][] = [
-    ["w1", { address: "10.0.0.1", port: 8081, tags: ["v1", "blue"], weight: 10 }],
-    ["w2", { address: "10.0.0.2", port: 8082, tags: ["v2"] }],
-    ["w6", { address: "fd00::6", port: 8086, tags: ["v1"] }],
-    ["w7", { address: "10.0.0.7", port: 8087, status: "critical" }],
+    ["w1", { address: "10.0.0.1", port: 8081, tags: ["v1", "blue"], weight: 10, ttl: "1h" }],
+    ["w2", { address: "10.0.0.2", port: 8082, tags: ["v2"], ttl: "1h" }],
+    ["w6", { address: "fd00::6", port: 8086, tags: ["v1"], ttl: "1h" }],
+    ["w7", { address: "10.0.0.7", port: 8087, status: "critical", ttl: "1h" }],
   ];
   for (const [id, body] of instances) {
     const answer = await cluster.request("n1", "PUT", `/v1/services/web/instances/${id}`, body);
@@ -118,6 +119,7 @@ describe("DNS from every node, through real resolvers", () => {
     const answer = await cluster.request("n1", "PUT", `/v1/services/long/instances/${id}`, {
       address: "10.7.7.7",
       port: 7,
+      ttl: "1h",
     });
     expect(answer.status).toBe(200);
     await cluster.converged();
@@ -137,6 +139,7 @@ describe("DNS from every node, through real resolvers", () => {
           const answer = await cluster.request("n1", "PUT", `/v1/services/big/instances/b${n}`, {
             address: `10.1.${Math.floor(n / 250)}.${n % 250}`,
             port: 9000 + n,
+            ttl: "1h",
           });
           expect(answer.status).toBe(200);
         }),
