@@ -147,10 +147,12 @@ export async function runRegistryWorkload(
           continue;
         }
         if (answer?.status === 404) {
-          // Refused at apply time because there was nothing to remove: a read of "absent".
+          // Nothing to remove at apply time, or a forward retried after its first attempt
+          // removed the instance (a retried deregistration answers 404): either way the key
+          // was absent at some point in [call, end], which a delete there models.
           history.push({
             client: clientId,
-            input: { op: "read", key },
+            input: { op: "delete", key },
             output: { value: null },
             call,
             return: end,
