@@ -312,6 +312,8 @@ export class RaftNode<Result> {
     // One tick per timer call, however late: a node whose loop lags counts time slowly,
     // which only makes it slower to start elections (leases are measured in real time).
     this.guarded(() => this.core.tick());
+    // A leader that loses its quorum counts from its own last tick in office.
+    if (this.core.status().role === "leader") this.leaderContactAt = performance.now();
     this.expire(this.proposals);
     this.expire(this.reads);
   }
