@@ -92,6 +92,24 @@ export async function eventually<T>(
   );
 }
 
+/** A Server-Sent Events body's events as they arrive: each one's id and parsed data. */
+export async function* serverSentEvents(
+  body: ReadableStream<Uint8Array> | null,
+): AsyncGenerator<{ id: number; data: unknown }> {
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for await (const chunk of body ?? []) {
+    buffer += decoder.decode(chunk, { stream: true });
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const id = /^id: (\d+)$/m.exec(event)?.[1];
+      const data = /^data: (.*)$/m.exec(event)?.[1];
+      if (id !== undefined && data !== undefined) yield { id: Number(id), data: JSON.parse(data) };
+    }
+  }
+}
+
 export interface HttpAnswer {
   readonly status: number;
   readonly body: Record<string, unknown>;

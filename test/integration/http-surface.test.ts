@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentCluster, eventually, sleep } from "./agents.js";
+import { AgentCluster, eventually, serverSentEvents, sleep } from "./agents.js";
 
 const ids = ["n1", "n2", "n3"];
 
@@ -66,22 +66,9 @@ function watch(
       signal: controller.signal,
     });
     status = response.status;
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for await (const chunk of response.body ?? []) {
-      buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-      let end = buffer.indexOf("\n\n");
-      while (end >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const id = /^id: (\d+)$/m.exec(event)?.[1];
-        const data = /^data: (.*)$/m.exec(event)?.[1];
-        if (id !== undefined && data !== undefined) {
-          const view = JSON.parse(data) as { instances: { id: string }[] };
-          events.push({ id: Number(id), instances: view.instances.map((i) => i.id) });
-        }
-        end = buffer.indexOf("\n\n");
-      }
+    for await (const { id, data } of serverSentEvents(response.body)) {
+      const view = data as { instances: { id: string }[] };
+      events.push({ id, instances: view.instances.map((i) => i.id) });
     }
   })().catch((error: unknown) => {
     if (!controller.signal.aborted) failure = error;
@@ -123,15 +110,24 @@ async function metricsOf(cluster: AgentCluster, via: string): Promise<string> {
   return response.text();
 }
 
-describe("the HTTP API's surface on a healthy three-node cluster", () => {
-  let cluster: AgentCluster;
+/** A three-node cluster with a leader for the tests of one describe block, stopped after them. */
+function startedCluster(use: (cluster: AgentCluster) => void, args: readonly string[] = []): void {
+  let started: AgentCluster | undefined;
   beforeAll(async () => {
-    cluster = await AgentCluster.create();
-    await cluster.bootstrap(ids);
-    await cluster.leader();
+    started = await AgentCluster.create({ args });
+    await started.bootstrap(ids);
+    await started.leader();
+    use(started);
   });
   afterAll(async () => {
-    await cluster.destroy();
+    await started?.destroy();
+  });
+}
+
+describe("the HTTP API's surface on a healthy three-node cluster", () => {
+  let cluster: AgentCluster;
+  startedCluster((started) => {
+    cluster = started;
   });
 
   async function register(via: string, service: string, id: string, port = 8080) {
@@ -289,14 +285,12 @@ describe("the HTTP API's surface on a healthy three-node cluster", () => {
 describe("the node-wide watch limit (--max-watches)", () => {
   const maxWatches = 3;
   let cluster: AgentCluster;
-  beforeAll(async () => {
-    cluster = await AgentCluster.create({ args: [`--max-watches=${maxWatches}`] });
-    await cluster.bootstrap(ids);
-    await cluster.leader();
-  });
-  afterAll(async () => {
-    await cluster.destroy();
-  });
+  startedCluster(
+    (started) => {
+      cluster = started;
+    },
+    [`--max-watches=${maxWatches}`],
+  );
 
   it("refuses the watch over the limit with 503, and takes one again once a watch closes", async () => {
     const registered = await cluster.request(
@@ -351,13 +345,8 @@ describe("the node-wide watch limit (--max-watches)", () => {
 
 describe("a node that has lost its quorum", () => {
   let cluster: AgentCluster;
-  beforeAll(async () => {
-    cluster = await AgentCluster.create();
-    await cluster.bootstrap(ids);
-    await cluster.leader();
-  });
-  afterAll(async () => {
-    await cluster.destroy();
+  startedCluster((started) => {
+    cluster = started;
   });
 
   it("answers writes and linearizable reads 503 with Retry-After, and stale reads from its own state", async () => {

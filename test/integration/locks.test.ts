@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { AgentCluster, eventually, type HttpAnswer, sleep } from "./agents.js";
+import { AgentCluster, eventually, type HttpAnswer, serverSentEvents, sleep } from "./agents.js";
 
 const ids = ["n1", "n2", "n3"];
 let cluster: AgentCluster;
@@ -186,17 +186,9 @@ describe("locks with fencing tokens on a three-node cluster", () => {
       signal: controller.signal,
     });
     const observing = (async () => {
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for await (const chunk of stream.body ?? []) {
-        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-        for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
-          const data = /^data: (.*)$/m.exec(buffer.slice(0, end))?.[1];
-          buffer = buffer.slice(end + 2);
-          if (data === undefined) continue;
-          const view = JSON.parse(data) as { leader: { value: string; token: number } | null };
-          events.push({ leader: view.leader?.value ?? null, token: view.leader?.token ?? null });
-        }
+      for await (const { data } of serverSentEvents(stream.body)) {
+        const view = data as { leader: { value: string; token: number } | null };
+        events.push({ leader: view.leader?.value ?? null, token: view.leader?.token ?? null });
       }
     })().catch(() => undefined);
     const terms: { value: string; from: number; to: number }[] = [];

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { AgentCluster, eventually, sleep } from "./agents.js";
+import { AgentCluster, eventually, serverSentEvents, sleep } from "./agents.js";
 
 const ids = ["n1", "n2", "n3"];
 const ttlMs = 2000;
@@ -338,26 +338,9 @@ describe("registry over HTTP on a three-node cluster", () => {
     expect(response.headers.get("content-type")).toBe("text/event-stream");
     const events: { id: number; ids: string[]; at: number }[] = [];
     const reading = (async () => {
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for await (const chunk of response.body ?? []) {
-        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-        let end = buffer.indexOf("\n\n");
-        while (end >= 0) {
-          const event = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const id = /^id: (\d+)$/m.exec(event)?.[1];
-          const data = /^data: (.*)$/m.exec(event)?.[1];
-          if (id !== undefined && data !== undefined) {
-            const view = JSON.parse(data) as { instances: InstanceView[] };
-            events.push({
-              id: Number(id),
-              ids: view.instances.map((i) => i.id),
-              at: performance.now(),
-            });
-          }
-          end = buffer.indexOf("\n\n");
-        }
+      for await (const { id, data } of serverSentEvents(response.body)) {
+        const view = data as { instances: InstanceView[] };
+        events.push({ id, ids: view.instances.map((i) => i.id), at: performance.now() });
       }
     })().catch(() => undefined);
     await eventually("the initial event", async () => (events.length > 0 ? true : undefined));
